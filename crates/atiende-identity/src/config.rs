@@ -1,0 +1,73 @@
+//! The identity service's configuration.
+
+use std::time::Duration;
+
+use atiende_platform::config::{GrpcConfig, HttpConfig, StorageConfig, millis};
+use atiende_platform::telemetry::TelemetryConfig;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub storage: StorageConfig,
+    pub grpc: GrpcConfig,
+    pub http: HttpConfig,
+    pub telemetry: TelemetryConfig,
+    pub tokens: TokenConfig,
+}
+
+/// How access tokens are issued and signed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The `iss` of every token; defaults to `http.public_url`.
+    pub issuer: Option<String>,
+    /// The `aud` of every token.
+    pub audience: String,
+    /// Lifetime of an access token.
+    #[serde(with = "millis")]
+    pub access_token_ttl_ms: Duration,
+    /// 32 bytes, base64: encrypts signing keys at rest. Required on
+    /// PostgreSQL; on SQLite it is generated into the data directory when
+    /// unset.
+    pub key_encryption_key: Option<SecretString>,
+    /// How long a new signing key is published before it signs: at least one
+    /// JWKS cache lifetime of every verifier.
+    #[serde(with = "millis")]
+    pub next_key_lead_ms: Duration,
+    /// `Cache-Control: max-age` of the JWKS document.
+    #[serde(with = "millis")]
+    pub jwks_max_age_ms: Duration,
+    /// How often an instance re-reads signing keys (rotations made by other
+    /// instances). Must be well below `next_key_lead_ms`.
+    #[serde(with = "millis")]
+    pub key_reload_interval_ms: Duration,
+    /// How often an instance reads revocations made by other instances.
+    #[serde(with = "millis")]
+    pub revocation_poll_interval_ms: Duration,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: "atiende".to_owned(),
+            access_token_ttl_ms: Duration::from_secs(600),
+            key_encryption_key: None,
+            next_key_lead_ms: Duration::from_secs(15 * 60),
+            jwks_max_age_ms: Duration::from_secs(300),
+            key_reload_interval_ms: Duration::from_secs(30),
+            revocation_poll_interval_ms: Duration::from_secs(1),
+        }
+    }
+}
+
+impl IdentityConfig {
+    pub fn issuer(&self) -> String {
+        self.tokens
+            .issuer
+            .clone()
+            .unwrap_or_else(|| self.http.public_url.trim_end_matches('/').to_owned())
+    }
+}

@@ -1,0 +1,249 @@
+//! The browser- and library-facing HTTP endpoints: a standard OAuth 2.0
+//! token endpoint (RFC 6749, client credentials with `client_secret_basic`
+//! or `client_secret_post`), the authorization server metadata, and the JWKS.
+//! Errors follow RFC 6749 section 5.2.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use atiende_platform::auth::ScopeSet;
+use axum::Router;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::json;
+
+use crate::domain::IdentityError;
+use crate::service::IdentityService;
+
+pub const TOKEN_PATH: &str = "/oauth2/token";
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+#[derive(Clone)]
+struct HttpState {
+    service: Arc<IdentityService>,
+    jwks_max_age_secs: u64,
+}
+
+pub fn router(service: Arc<IdentityService>, jwks_max_age_secs: u64) -> Router {
+    Router::new()
+        .route("/.well-known/openid-configuration", get(metadata))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route(JWKS_PATH, get(jwks))
+        .route(TOKEN_PATH, post(token))
+        .with_state(HttpState {
+            service,
+            jwks_max_age_secs,
+        })
+}
+
+async fn metadata(State(state): State<HttpState>) -> Response {
+    let issuer = &state.service.issuer;
+    let body = json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}{TOKEN_PATH}"),
+        "jwks_uri": format!("{issuer}{JWKS_PATH}"),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": atiende_platform::auth::Scope::ALL.map(|s| s.as_str()),
+        "response_types_supported": [],
+    });
+    axum::Json(body).into_response()
+}
+
+async fn jwks(State(state): State<HttpState>) -> Response {
+    let mut response = axum::Json(state.service.keys.jwks_json()).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("public, max-age={}", state.jwks_max_age_secs)) {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+    response
+}
+
+/// An RFC 6749 error response.
+struct OAuthError {
+    status: StatusCode,
+    code: &'static str,
+    description: &'static str,
+    basic_challenge: bool,
+}
+
+impl OAuthError {
+    fn bad_request(code: &'static str, description: &'static str) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            description,
+            basic_challenge: false,
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.code, "error_description": self.description });
+        let mut response = (self.status, no_store(), axum::Json(body)).into_response();
+        if self.basic_challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"atiende\""),
+            );
+        }
+        response
+    }
+}
+
+fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+async fn token(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    match issue(&state, &headers, form).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn issue(
+    state: &HttpState,
+    headers: &HeaderMap,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Form(form) = form.map_err(|_| {
+        OAuthError::bad_request(
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        )
+    })?;
+    match form.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(OAuthError::bad_request(
+                "unsupported_grant_type",
+                "only client_credentials is supported",
+            ));
+        }
+        None => return Err(OAuthError::bad_request("invalid_request", "grant_type is required")),
+    }
+    let basic = basic_credentials(headers);
+    let posted = form.get("client_id").zip(form.get("client_secret"));
+    let used_basic = basic.is_some();
+    let (client_id, client_secret) = match (basic, posted) {
+        (Some(Ok(credentials)), None) => credentials,
+        (None, Some((id, secret))) => (id.clone(), secret.clone()),
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::bad_request(
+                "invalid_request",
+                "use one client authentication method",
+            ));
+        }
+        (Some(Err(())), None) | (None, None) => {
+            return Err(OAuthError {
+                status: StatusCode::UNAUTHORIZED,
+                code: "invalid_client",
+                description: "client authentication is required",
+                basic_challenge: true,
+            });
+        }
+    };
+    let requested = match form.get("scope") {
+        Some(scope) => Some(ScopeSet::parse_list(scope).map_err(|_| {
+            OAuthError::bad_request("invalid_scope", "the scope names an unknown scope")
+        })?),
+        None => None,
+    };
+    let issued = state
+        .service
+        .issue_token(&client_id, &client_secret, requested)
+        .await
+        .map_err(|error| match error {
+            IdentityError::InvalidClientCredentials => OAuthError {
+                status: StatusCode::UNAUTHORIZED,
+                code: "invalid_client",
+                description: "invalid client credentials",
+                basic_challenge: used_basic,
+            },
+            IdentityError::ScopeNotGranted(_) => OAuthError::bad_request(
+                "invalid_scope",
+                "the client may not request that scope",
+            ),
+            other => {
+                tracing::error!(error = %other, "token endpoint failed");
+                OAuthError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "temporarily_unavailable",
+                    description: "try again later",
+                    basic_challenge: false,
+                }
+            }
+        })?;
+    let body = json!({
+        "access_token": issued.access_token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scopes.to_string(),
+    });
+    Ok((StatusCode::OK, no_store(), axum::Json(body)).into_response())
+}
+
+/// `Authorization: Basic` credentials (RFC 6749 2.3.1: each part is
+/// form-urlencoded before base64). `None` without such a header.
+fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let parsed = STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| {
+            let (id, secret) = text.split_once(':')?;
+            Some((form_decode(id)?, form_decode(secret)?))
+        });
+    Some(parsed.ok_or(()))
+}
+
+fn form_decode(raw: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = char::from(bytes.next()?).to_digit(16)?;
+                let lo = char::from(bytes.next()?).to_digit(16)?;
+                out.push(u8::try_from(hi * 16 + lo).ok()?);
+            }
+            other => out.push(other),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let mut headers = HeaderMap::new();
+        let encoded = STANDARD.encode("cli_1:a%2Bb+c");
+        headers.insert(header::AUTHORIZATION, format!("Basic {encoded}").parse().unwrap());
+        let (id, secret) = basic_credentials(&headers).unwrap().unwrap();
+        assert_eq!((id.as_str(), secret.as_str()), ("cli_1", "a+b c"));
+        headers.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
+        assert!(basic_credentials(&headers).unwrap().is_err());
+    }
+}

@@ -1,0 +1,331 @@
+//! Token signing keys: generated and kept by the service, sealed at rest,
+//! rotated without a restart.
+//!
+//! A key is published in the JWKS from the moment it is created, and signs
+//! from its `activate_time` on. Rotation creates a key that activates
+//! `next_key_lead` later — at least one JWKS cache lifetime — so every
+//! verifier knows it before it sees a token signed with it. A key stays
+//! published until every token it signed has expired: until the next key's
+//! activation plus the token lifetime (and a minute of grace). Which key
+//! signs and which are published is derived from the activation times alone;
+//! nothing else is stored.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use atiende_platform::auth::{AccessTokenClaims, BoxFuture, JwksError, JwksSource};
+use atiende_platform::storage::{Database, now_micros};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::domain::IdentityError;
+use crate::store::{self, SigningKeyRow};
+
+const GRACE_MICROS: i64 = 60 * 1_000_000;
+
+/// The key that encrypts signing keys at rest (AES-256-GCM).
+pub struct KeyEncryptionKey(LessSafeKey);
+
+impl KeyEncryptionKey {
+    /// From 32 bytes in standard base64.
+    pub fn from_base64(secret: &SecretString) -> Result<Self, IdentityError> {
+        let bytes = STANDARD
+            .decode(secret.expose_secret().trim())
+            .map_err(|_| IdentityError::Keys("the key encryption key is not base64".into()))?;
+        let key = UnboundKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| IdentityError::Keys("the key encryption key must be 32 bytes".into()))?;
+        Ok(Self(LessSafeKey::new(key)))
+    }
+
+    /// A fresh random key, base64.
+    pub fn generate_base64() -> Result<SecretString, IdentityError> {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| IdentityError::Crypto)?;
+        Ok(SecretString::from(STANDARD.encode(bytes)))
+    }
+
+    fn seal(&self, kid: &str, plaintext: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| IdentityError::Crypto)?;
+        let mut in_out = plaintext.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(kid.as_bytes()),
+                &mut in_out,
+            )
+            .map_err(|_| IdentityError::Crypto)?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&in_out);
+        Ok(sealed)
+    }
+
+    fn open(&self, kid: &str, sealed: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(IdentityError::Keys("sealed key too short".into()));
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| IdentityError::Crypto)?;
+        let mut in_out = ciphertext.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut in_out)
+            .map_err(|_| {
+                IdentityError::Keys("a signing key does not open with this key encryption key".into())
+            })?;
+        Ok(plain.to_vec())
+    }
+}
+
+/// One signing key, opened.
+struct SigningKey {
+    kid: String,
+    activate_time: i64,
+    x: String,
+    y: String,
+    encoding: EncodingKey,
+}
+
+/// A published public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    pub kid: String,
+    pub x: String,
+    pub y: String,
+}
+
+impl PublicKey {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "EC", "crv": "P-256", "x": self.x, "y": self.y,
+            "kid": self.kid, "alg": "ES256", "use": "sig",
+        })
+    }
+}
+
+/// The keys known at one moment, oldest activation first.
+struct KeyRing(Vec<SigningKey>);
+
+impl KeyRing {
+    fn signer(&self, now: i64) -> Option<&SigningKey> {
+        self.0
+            .iter()
+            .rev()
+            .find(|k| k.activate_time <= now)
+            .or_else(|| self.0.first())
+    }
+
+    fn published(&self, now: i64, token_ttl: i64) -> impl Iterator<Item = &SigningKey> {
+        self.0.iter().enumerate().filter_map(move |(i, key)| {
+            let retired_after = self
+                .0
+                .get(i + 1)
+                .map(|next| next.activate_time.saturating_add(token_ttl + GRACE_MICROS));
+            match retired_after {
+                Some(limit) if now >= limit => None,
+                _ => Some(key),
+            }
+        })
+    }
+}
+
+/// The service's signing keys, shared by all its handlers.
+pub struct Keys {
+    db: Database,
+    kek: KeyEncryptionKey,
+    ring: RwLock<Arc<KeyRing>>,
+    token_ttl_micros: i64,
+    next_key_lead: Duration,
+}
+
+impl Keys {
+    /// Loads the keys, creating the first one if there is none.
+    pub async fn load(
+        db: Database,
+        kek: KeyEncryptionKey,
+        token_ttl: Duration,
+        next_key_lead: Duration,
+    ) -> Result<Self, IdentityError> {
+        let keys = Self {
+            db,
+            kek,
+            ring: RwLock::new(Arc::new(KeyRing(Vec::new()))),
+            token_ttl_micros: micros(token_ttl),
+            next_key_lead,
+        };
+        keys.reload().await?;
+        if keys.current_ring().0.is_empty() {
+            let row = keys.generate(now_micros())?;
+            store::insert_signing_key(&keys.db, &row).await?;
+            keys.reload().await?;
+        }
+        Ok(keys)
+    }
+
+    /// Re-reads the keys (rotations made by other instances).
+    pub async fn reload(&self) -> Result<(), IdentityError> {
+        let rows = store::list_signing_keys(&self.db).await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in rows {
+            let der = self.kek.open(&row.kid, &row.private_key_sealed)?;
+            keys.push(SigningKey {
+                kid: row.kid,
+                activate_time: row.activate_time,
+                x: row.public_x,
+                y: row.public_y,
+                encoding: EncodingKey::from_ec_der(&der),
+            });
+        }
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(KeyRing(keys));
+        Ok(())
+    }
+
+    /// Adds the next key: published now, signing after the lead time.
+    pub async fn rotate(&self) -> Result<PublicKey, IdentityError> {
+        let now = now_micros();
+        let row = self.generate(now.saturating_add(micros(self.next_key_lead)))?;
+        store::insert_signing_key(&self.db, &row).await?;
+        self.reload().await?;
+        Ok(PublicKey {
+            kid: row.kid,
+            x: row.public_x,
+            y: row.public_y,
+        })
+    }
+
+    /// When the given key starts signing, in microseconds.
+    pub fn activate_time(&self, kid: &str) -> Option<i64> {
+        self.current_ring()
+            .0
+            .iter()
+            .find(|k| k.kid == kid)
+            .map(|k| k.activate_time)
+    }
+
+    /// Signs the claims with the current key.
+    pub fn sign(&self, claims: &AccessTokenClaims) -> Result<String, IdentityError> {
+        let ring = self.current_ring();
+        let key = ring
+            .signer(now_micros())
+            .ok_or_else(|| IdentityError::Keys("no signing key".into()))?;
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some("at+jwt".to_owned());
+        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|_| IdentityError::Crypto)
+    }
+
+    /// The published keys, newest first.
+    pub fn published(&self) -> Vec<PublicKey> {
+        let ring = self.current_ring();
+        let mut keys: Vec<PublicKey> = ring
+            .published(now_micros(), self.token_ttl_micros)
+            .map(|k| PublicKey {
+                kid: k.kid.clone(),
+                x: k.x.clone(),
+                y: k.y.clone(),
+            })
+            .collect();
+        keys.reverse();
+        keys
+    }
+
+    pub fn jwks_json(&self) -> serde_json::Value {
+        let keys: Vec<_> = self.published().iter().map(PublicKey::to_json).collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    fn current_ring(&self) -> Arc<KeyRing> {
+        self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn generate(&self, activate_time: i64) -> Result<SigningKeyRow, IdentityError> {
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map_err(|_| IdentityError::Crypto)?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+            .map_err(|_| IdentityError::Crypto)?;
+        // Uncompressed point: 0x04 || X (32 bytes) || Y (32 bytes).
+        let point = pair.public_key().as_ref();
+        let (Some(x), Some(y)) = (point.get(1..33), point.get(33..65)) else {
+            return Err(IdentityError::Crypto);
+        };
+        let x = URL_SAFE_NO_PAD.encode(x);
+        let y = URL_SAFE_NO_PAD.encode(y);
+        let kid = thumbprint(&x, &y);
+        let sealed = self.kek.seal(&kid, pkcs8.as_ref())?;
+        Ok(SigningKeyRow {
+            kid,
+            private_key_sealed: sealed,
+            public_x: x,
+            public_y: y,
+            create_time: now_micros(),
+            activate_time,
+        })
+    }
+}
+
+/// RFC 7638 JWK thumbprint: the key id is derived from the key itself.
+fn thumbprint(x: &str, y: &str) -> String {
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()))
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The service's own keys as a JWKS source, for verifiers in this process.
+pub struct LocalJwks(pub Arc<Keys>);
+
+impl JwksSource for LocalJwks {
+    fn fetch(&self) -> BoxFuture<'_, Result<JwkSet, JwksError>> {
+        let json = self.0.jwks_json();
+        Box::pin(async move { serde_json::from_value(json).map_err(|e| JwksError(e.to_string())) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kid: &str, activate_time: i64) -> SigningKey {
+        SigningKey {
+            kid: kid.into(),
+            activate_time,
+            x: String::new(),
+            y: String::new(),
+            encoding: EncodingKey::from_secret(b"unused"),
+        }
+    }
+
+    #[test]
+    fn next_key_is_published_before_it_signs_and_old_key_until_its_tokens_expire() {
+        let ttl = 600 * 1_000_000;
+        let ring = KeyRing(vec![key("old", 0), key("next", 1_000_000_000)]);
+        let kids = |now| ring.published(now, ttl).map(|k| k.kid.clone()).collect::<Vec<_>>();
+        // Before activation: old signs, both published.
+        assert_eq!(ring.signer(500).map(|k| k.kid.as_str()), Some("old"));
+        assert_eq!(kids(500), ["old", "next"]);
+        // After activation: next signs, old still published for its tokens.
+        assert_eq!(ring.signer(1_000_000_001).map(|k| k.kid.as_str()), Some("next"));
+        assert_eq!(kids(1_000_000_001 + ttl), ["old", "next"]);
+        // Once every token of old has expired (plus grace), old is gone.
+        assert_eq!(kids(1_000_000_000 + ttl + GRACE_MICROS), ["next"]);
+    }
+
+    #[test]
+    fn sealed_keys_open_only_with_their_kid_and_kek() {
+        let kek = KeyEncryptionKey::from_base64(&KeyEncryptionKey::generate_base64().unwrap()).unwrap();
+        let sealed = kek.seal("kid-1", b"private").unwrap();
+        assert_eq!(kek.open("kid-1", &sealed).unwrap(), b"private");
+        assert!(kek.open("kid-2", &sealed).is_err());
+        let other = KeyEncryptionKey::from_base64(&KeyEncryptionKey::generate_base64().unwrap()).unwrap();
+        assert!(other.open("kid-1", &sealed).is_err());
+    }
+}

@@ -1,0 +1,89 @@
+//! Revoked tokens and disabled clients, as every verifier of this service
+//! sees them.
+//!
+//! Revocations are rows in the database; each instance keeps the unexpired
+//! ones in memory and polls for rows written by other instances (every
+//! `revocation_poll_interval`, re-reading a ten-second overlap so that rows
+//! committed out of order are not missed). A revocation made on an instance
+//! applies there at once, and on the others within one poll interval.
+//!
+//! Other services verify tokens locally and do not see revocations: what
+//! bounds their exposure is the short token lifetime.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+
+use atiende_platform::auth::{Caller, RevocationCheck};
+use atiende_platform::storage::{Database, now_micros};
+
+use crate::domain::IdentityError;
+use crate::store;
+
+const OVERLAP_MICROS: i64 = 10 * 1_000_000;
+
+#[derive(Default)]
+struct Revoked {
+    /// Token id -> when the token expires (µs).
+    tokens: HashMap<String, i64>,
+    /// Client id -> until when its tokens may still be around (µs).
+    clients: HashMap<String, i64>,
+}
+
+#[derive(Default)]
+pub struct Revocations {
+    revoked: RwLock<Revoked>,
+    watermark: Mutex<i64>,
+}
+
+impl Revocations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn record_token(&self, token_id: &str, expire_time: i64) {
+        self.write().tokens.insert(token_id.to_owned(), expire_time);
+    }
+
+    pub fn record_client(&self, client_id: &str, until: i64) {
+        self.write().clients.insert(client_id.to_owned(), until);
+    }
+
+    /// Reads revocations recorded since the last poll, and forgets expired ones.
+    pub async fn poll(&self, db: &Database) -> Result<(), IdentityError> {
+        let since = {
+            let watermark = *self.watermark.lock().unwrap_or_else(|e| e.into_inner());
+            watermark.saturating_sub(OVERLAP_MICROS)
+        };
+        let now = now_micros();
+        let rows = store::revocations_since(db, since, now).await?;
+        let newest = rows.iter().map(|r| r.revoke_time).max();
+        {
+            let mut revoked = self.write();
+            for row in rows {
+                let map = match row.subject_kind.as_str() {
+                    "client" => &mut revoked.clients,
+                    _ => &mut revoked.tokens,
+                };
+                map.insert(row.subject, row.expire_time);
+            }
+            revoked.tokens.retain(|_, exp| *exp > now);
+            revoked.clients.retain(|_, exp| *exp > now);
+        }
+        if let Some(newest) = newest {
+            let mut watermark = self.watermark.lock().unwrap_or_else(|e| e.into_inner());
+            *watermark = (*watermark).max(newest);
+        }
+        Ok(())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Revoked> {
+        self.revoked.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl RevocationCheck for Revocations {
+    fn is_revoked(&self, caller: &Caller) -> bool {
+        let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
+        revoked.tokens.contains_key(&caller.token_id) || revoked.clients.contains_key(&caller.client_id)
+    }
+}

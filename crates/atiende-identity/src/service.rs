@@ -1,0 +1,310 @@
+//! What the identity service does, in domain terms. The gRPC and HTTP
+//! adapters parse requests into these calls and render their results.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atiende_platform::auth::{
+    AccessTokenClaims, AuthError, Caller, Environment, Scope, ScopeSet, TokenVerifier, unix_now,
+};
+use atiende_platform::ids::new_id;
+use atiende_platform::paging::PageSize;
+use atiende_platform::storage::{Database, now_micros};
+
+use crate::domain::{
+    AGENCY_ID_PREFIX, Agency, CLIENT_ID_PREFIX, Client, ClientSecret, ClientState, DisplayName,
+    IdentityError,
+};
+use crate::keys::{Keys, PublicKey};
+use crate::revocation::Revocations;
+use crate::store;
+
+/// An access token just issued.
+pub struct IssuedToken {
+    pub access_token: String,
+    pub scopes: ScopeSet,
+    pub expires_in: i64,
+    pub expire_time: i64,
+}
+
+/// A page of results and the cursor of the next page, if any.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+pub struct IdentityService {
+    pub(crate) db: Database,
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) revocations: Arc<Revocations>,
+    pub(crate) verifier: Arc<TokenVerifier>,
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
+    pub(crate) token_ttl: Duration,
+}
+
+impl IdentityService {
+    /// Creates an agency on behalf of an operator.
+    pub async fn create_agency(
+        &self,
+        caller: &Caller,
+        display_name: DisplayName,
+        operator: bool,
+    ) -> Result<Agency, IdentityError> {
+        self.require_operator(caller).await?;
+        self.bootstrap_agency(display_name, operator).await
+    }
+
+    /// Creates an agency without a caller: for the operator's bootstrap
+    /// command and `atiende dev`.
+    pub async fn bootstrap_agency(
+        &self,
+        display_name: DisplayName,
+        operator: bool,
+    ) -> Result<Agency, IdentityError> {
+        let agency = Agency {
+            agency_id: new_id(AGENCY_ID_PREFIX),
+            display_name,
+            operator,
+            create_time: now_micros(),
+        };
+        store::insert_agency(&self.db, &agency).await?;
+        tracing::info!(agency_id = %agency.agency_id, operator, "agency created");
+        Ok(agency)
+    }
+
+    /// The caller's agency, or another one for operators.
+    pub async fn get_agency(
+        &self,
+        caller: &Caller,
+        agency_id: Option<&str>,
+    ) -> Result<Agency, IdentityError> {
+        let wanted = agency_id.unwrap_or(&caller.agency_id);
+        if wanted != caller.agency_id && self.require_operator(caller).await.is_err() {
+            return Err(IdentityError::AgencyNotFound);
+        }
+        store::get_agency(&self.db, wanted)
+            .await?
+            .ok_or(IdentityError::AgencyNotFound)
+    }
+
+    /// Creates a client in the caller's agency.
+    pub async fn create_client(
+        &self,
+        caller: &Caller,
+        display_name: DisplayName,
+        scopes: ScopeSet,
+        environment: Environment,
+    ) -> Result<(Client, ClientSecret), IdentityError> {
+        if caller.environment == Environment::Sandbox && environment == Environment::Live {
+            return Err(IdentityError::SandboxCannotManageLive);
+        }
+        self.bootstrap_client(&caller.agency_id, display_name, scopes, environment)
+            .await
+    }
+
+    /// Creates a client without a caller (bootstrap).
+    pub async fn bootstrap_client(
+        &self,
+        agency_id: &str,
+        display_name: DisplayName,
+        scopes: ScopeSet,
+        environment: Environment,
+    ) -> Result<(Client, ClientSecret), IdentityError> {
+        let now = now_micros();
+        let client = Client {
+            client_id: new_id(CLIENT_ID_PREFIX),
+            agency_id: agency_id.to_owned(),
+            display_name,
+            scopes,
+            environment,
+            state: ClientState::Active,
+            create_time: now,
+            secret_rotate_time: now,
+        };
+        let secret = ClientSecret::generate()?;
+        store::insert_client(&self.db, &client, &secret.hash()).await?;
+        tracing::info!(client_id = %client.client_id, agency_id = %client.agency_id, "client created");
+        Ok((client, secret))
+    }
+
+    pub async fn list_clients(
+        &self,
+        caller: &Caller,
+        page_size: PageSize,
+        cursor: Option<&str>,
+    ) -> Result<Page<Client>, IdentityError> {
+        let mut items =
+            store::list_clients(&self.db, &caller.agency_id, cursor, page_size.fetch_limit())
+                .await?;
+        let limit = usize::try_from(page_size.get()).unwrap_or(usize::MAX);
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|c| c.client_id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    pub async fn rotate_client_secret(
+        &self,
+        caller: &Caller,
+        client_id: &str,
+    ) -> Result<(Client, ClientSecret), IdentityError> {
+        let mut client = self.managed_client(caller, client_id).await?;
+        if client.state == ClientState::Disabled {
+            return Err(IdentityError::ClientDisabled);
+        }
+        let secret = ClientSecret::generate()?;
+        let now = now_micros();
+        store::update_client_secret(&self.db, &client.client_id, &secret.hash(), now).await?;
+        client.secret_rotate_time = now;
+        tracing::info!(client_id = %client.client_id, "client secret rotated");
+        Ok((client, secret))
+    }
+
+    /// Disables the client; its tokens stop working here at once.
+    pub async fn disable_client(
+        &self,
+        caller: &Caller,
+        client_id: &str,
+    ) -> Result<Client, IdentityError> {
+        let mut client = self.managed_client(caller, client_id).await?;
+        if client.state == ClientState::Active {
+            let now = now_micros();
+            let until = now.saturating_add(micros(self.token_ttl) + 60_000_000);
+            store::disable_client(&self.db, &client, until, now).await?;
+            self.revocations.record_client(&client.client_id, until);
+            client.state = ClientState::Disabled;
+            tracing::info!(client_id = %client.client_id, "client disabled");
+        }
+        Ok(client)
+    }
+
+    /// Client credentials grant: authenticates the client and signs a token.
+    pub async fn issue_token(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        requested: Option<ScopeSet>,
+    ) -> Result<IssuedToken, IdentityError> {
+        let (client, hash) = store::get_client_credentials(&self.db, client_id)
+            .await?
+            .ok_or(IdentityError::InvalidClientCredentials)?;
+        if !hash.matches(client_secret) || client.state != ClientState::Active {
+            return Err(IdentityError::InvalidClientCredentials);
+        }
+        let scopes = match requested {
+            Some(wanted) if !wanted.is_empty() => {
+                if let Some(missing) = wanted.iter().find(|s| !client.scopes.contains(*s)) {
+                    return Err(IdentityError::ScopeNotGranted(missing));
+                }
+                wanted
+            }
+            _ => client.scopes,
+        };
+        let now = unix_now();
+        let ttl = i64::try_from(self.token_ttl.as_secs()).unwrap_or(600);
+        let claims = AccessTokenClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: client.client_id.clone(),
+            agency: client.agency_id.clone(),
+            scope: scopes.to_string(),
+            env: client.environment.as_str().to_owned(),
+            iat: now,
+            nbf: now,
+            exp: now + ttl,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let access_token = self.keys.sign(&claims)?;
+        Ok(IssuedToken {
+            access_token,
+            scopes,
+            expires_in: ttl,
+            expire_time: claims.exp,
+        })
+    }
+
+    /// RFC 7662: the token's claims if it is active and of the caller's
+    /// agency; `None` otherwise, whatever the reason.
+    pub async fn introspect(&self, caller: &Caller, token: &str) -> Option<Caller> {
+        match self.verifier.verify(token).await {
+            Ok(subject) if subject.agency_id == caller.agency_id => Some(subject),
+            _ => None,
+        }
+    }
+
+    /// RFC 7009: revokes a token of the caller's own client, or any token
+    /// of its agency for `identity.admin`. Unknown, invalid, expired or
+    /// foreign tokens are ignored, as the RFC asks.
+    pub async fn revoke(&self, caller: &Caller, token: &str) -> Result<(), IdentityError> {
+        let subject = match self.verifier.verify(token).await {
+            Ok(subject) => subject,
+            Err(AuthError::KeysUnavailable) => {
+                return Err(IdentityError::Keys("keys unavailable".into()));
+            }
+            Err(_) => return Ok(()),
+        };
+        let allowed = subject.agency_id == caller.agency_id
+            && (subject.client_id == caller.client_id
+                || caller.scopes.contains(Scope::IdentityAdmin));
+        if !allowed {
+            return Ok(());
+        }
+        let expire_time = subject.expires_at.saturating_mul(1_000_000);
+        store::insert_token_revocation(
+            &self.db,
+            &subject.token_id,
+            &subject.agency_id,
+            expire_time,
+            now_micros(),
+        )
+        .await?;
+        self.revocations.record_token(&subject.token_id, expire_time);
+        tracing::info!(client_id = %subject.client_id, "token revoked");
+        Ok(())
+    }
+
+    /// Publishes the next signing key; it signs after the lead time.
+    pub async fn rotate_signing_keys(
+        &self,
+        caller: &Caller,
+    ) -> Result<(PublicKey, i64), IdentityError> {
+        self.require_operator(caller).await?;
+        let next = self.keys.rotate().await?;
+        let activate_time = self.keys.activate_time(&next.kid).unwrap_or_default();
+        tracing::info!(kid = %next.kid, "signing key rotation scheduled");
+        Ok((next, activate_time))
+    }
+
+    pub fn published_keys(&self) -> Vec<PublicKey> {
+        self.keys.published()
+    }
+
+    async fn require_operator(&self, caller: &Caller) -> Result<(), IdentityError> {
+        let agency = store::get_agency(&self.db, &caller.agency_id).await?;
+        if agency.is_some_and(|a| a.operator) {
+            Ok(())
+        } else {
+            Err(IdentityError::NotOperator)
+        }
+    }
+
+    /// A client the caller may manage: same agency, and a sandbox caller
+    /// only manages sandbox clients.
+    async fn managed_client(&self, caller: &Caller, client_id: &str) -> Result<Client, IdentityError> {
+        let client = store::get_client(&self.db, &caller.agency_id, client_id)
+            .await?
+            .ok_or(IdentityError::ClientNotFound)?;
+        if caller.environment == Environment::Sandbox && client.environment == Environment::Live {
+            return Err(IdentityError::SandboxCannotManageLive);
+        }
+        Ok(client)
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,16 @@
+//! The payments service's configuration.
+
+use atiende_platform::config::{AuthConfig, GrpcConfig, StorageConfig};
+use atiende_platform::telemetry::TelemetryConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsConfig {
+    pub storage: StorageConfig,
+    pub grpc: GrpcConfig,
+    pub telemetry: TelemetryConfig,
+    /// Where access tokens are verified: set one of `jwks_grpc_endpoint`
+    /// (the identity service), `jwks_url` or `jwks_file`.
+    pub auth: AuthConfig,
+}

@@ -1,0 +1,38 @@
+//! `atiende-payments`: the payments service on its own.
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(version, about = "Atiende payments service")]
+struct Args {
+    /// A TOML configuration file (also `ATIENDE_CONFIG`); `ATIENDE_*`
+    /// variables override it.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config: atiende_payments::config::PaymentsConfig =
+        atiende_platform::config::load(args.config.as_deref())?;
+    let _telemetry = atiende_platform::telemetry::init(
+        "atiende-payments",
+        &config.telemetry,
+        std::io::stdout,
+    )?;
+    let verifier = std::sync::Arc::new(atiende_platform::auth::TokenVerifier::from_config(
+        &config.auth,
+    )?);
+    let service = atiende_payments::Payments::open(&config).await?;
+    let mut services = atiende_platform::server::GrpcServices::new();
+    service.register(&mut services);
+
+    let (trigger, shutdown) = atiende_platform::server::shutdown_channel();
+    trigger.trigger_on_signals();
+    let listener = tokio::net::TcpListener::bind(config.grpc.listen_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "atiende-payments serving gRPC");
+    atiende_platform::server::serve_grpc(listener, services, verifier, &config.grpc, shutdown).await?;
+    service.database().close().await;
+    Ok(())
+}

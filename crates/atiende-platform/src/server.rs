@@ -1,0 +1,204 @@
+//! Serving: gRPC with health, reflection, auth and limits; HTTP for pages;
+//! graceful shutdown.
+//!
+//! [`Shutdown`] is the one mechanism that stops a process: a watch channel
+//! flipped by SIGTERM, Ctrl-C or a test. On shutdown the gRPC server first
+//! reports NOT_SERVING for every service, waits `drain_delay` so that load
+//! balancers stop routing to it, then stops accepting connections and lets
+//! in-flight requests finish.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::auth::{AuthLayer, TokenVerifier};
+use crate::config::GrpcConfig;
+use crate::telemetry::GrpcTraceLayer;
+
+/// Tells a running server to stop.
+#[derive(Clone)]
+pub struct ShutdownTrigger(Arc<watch::Sender<bool>>);
+
+/// Waits for the trigger; clone it for every task that must stop.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger(Arc::new(tx)), Shutdown(rx))
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+
+    /// Triggers on SIGTERM or Ctrl-C.
+    pub fn trigger_on_signals(self) {
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            self.trigger();
+        });
+    }
+}
+
+impl Shutdown {
+    /// Resolves once shutdown has been triggered (or the trigger is gone).
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// The gRPC services one server hosts, and the methods that need no token.
+#[derive(Default)]
+pub struct GrpcServices {
+    routes: RoutesBuilder,
+    names: Vec<&'static str>,
+    public_methods: Vec<String>,
+}
+
+impl GrpcServices {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Marks `/package.Service/Method` as callable without a token.
+    pub fn public_method(&mut self, path: &str) -> &mut Self {
+        self.public_methods.push(path.to_owned());
+        self
+    }
+
+    pub fn service_names(&self) -> &[&'static str] {
+        &self.names
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("http: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Serves `services` on `listener` until `shutdown`.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    services: GrpcServices,
+    verifier: Arc<TokenVerifier>,
+    config: &GrpcConfig,
+    shutdown: Shutdown,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    for name in &services.names {
+        health.set_service_status(*name, ServingStatus::Serving).await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(atiende_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(atiende_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let mut routes = services.routes;
+    routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let layers = tower::ServiceBuilder::new()
+        .layer(GrpcTraceLayer)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.concurrency_limit.max(1),
+        ))
+        .layer(AuthLayer::new(verifier, &services.public_methods))
+        .into_inner();
+
+    let names = services.names;
+    let drain_delay = config.drain_delay_ms;
+    let signal = async move {
+        shutdown.wait().await;
+        health.set_service_status("", ServingStatus::NotServing).await;
+        for name in names {
+            health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        tracing::info!(?drain_delay, "gRPC server draining");
+        tokio::time::sleep(drain_delay).await;
+    };
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .timeout(config.request_timeout_ms)
+        .layer(layers)
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await?;
+    Ok(())
+}
+
+/// Serves an HTTP router on `listener` until `shutdown`.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: Shutdown,
+) -> Result<(), ServeError> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.wait())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `Debug` for the messages that carry secrets or bearer tokens: the secret is
+//! replaced by `[redacted]`, so a request logged with `{:?}` leaks nothing.
+
+use std::fmt;
+
+use crate::identity::v1::{
+    CreateClientResponse, IntrospectTokenRequest, IssueTokenRequest, IssueTokenResponse,
+    RevokeTokenRequest, RotateClientSecretResponse,
+};
+
+const REDACTED: &str = "[redacted]";
+
+impl fmt::Debug for CreateClientResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateClientResponse")
+            .field("client", &self.client)
+            .field("client_secret", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RotateClientSecretResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotateClientSecretResponse")
+            .field("client", &self.client)
+            .field("client_secret", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for IssueTokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssueTokenRequest")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &REDACTED)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+impl fmt::Debug for IssueTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssueTokenResponse")
+            .field("access_token", &REDACTED)
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("expire_time", &self.expire_time)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl fmt::Debug for IntrospectTokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntrospectTokenRequest")
+            .field("token", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RevokeTokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RevokeTokenRequest")
+            .field("token", &REDACTED)
+            .finish()
+    }
+}
