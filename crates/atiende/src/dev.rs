@@ -1,0 +1,186 @@
+//! `atiende dev`: identity, notifications and payments in one process, on
+//! one gRPC address and one HTTP address, with SQLite files in a data
+//! directory. On first start it creates a sandbox development agency and
+//! client and keeps their credentials in the data directory, so that every
+//! later start prints the same ones.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use atiende_identity::config::IdentityConfig;
+use atiende_identity::domain::DisplayName;
+use atiende_notifications::config::NotificationsConfig;
+use atiende_payments::config::PaymentsConfig;
+use atiende_platform::auth::{Environment, Scope, ScopeSet};
+use atiende_platform::config::{GrpcConfig, HttpConfig, StorageConfig};
+use atiende_platform::server::{GrpcServices, Shutdown, serve_grpc, serve_http};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+const CREDENTIALS_FILE: &str = "dev-credentials.json";
+
+/// Where `atiende dev` listens and keeps its files.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+/// The development agency's client, as kept in the data directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevCredentials {
+    pub agency_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+/// The running platform.
+pub struct DevPlatform {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub issuer: String,
+    pub credentials: DevCredentials,
+    /// A token for the development client, ready to paste.
+    pub access_token: String,
+    pub identity: atiende_identity::Identity,
+    tasks: JoinHandle<anyhow::Result<()>>,
+}
+
+impl DevPlatform {
+    /// Binds the listeners, opens the three services and starts serving.
+    pub async fn start(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let grpc_listener = TcpListener::bind(options.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", options.grpc_addr))?;
+        let http_listener = TcpListener::bind(options.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", options.http_addr))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        let public_url = format!("http://{http_addr}");
+
+        let storage = StorageConfig {
+            data_dir: options.data_dir.clone(),
+            ..StorageConfig::default()
+        };
+        let grpc = GrpcConfig {
+            listen_addr: grpc_addr,
+            ..GrpcConfig::default()
+        };
+        let identity_config = IdentityConfig {
+            storage: storage.clone(),
+            grpc: grpc.clone(),
+            http: HttpConfig {
+                listen_addr: http_addr,
+                public_url,
+            },
+            ..IdentityConfig::default()
+        };
+        let issuer = identity_config.issuer();
+        let identity =
+            atiende_identity::Identity::open(identity_config, shutdown.clone()).await?;
+        let notifications = atiende_notifications::Notifications::open(&NotificationsConfig {
+            storage: storage.clone(),
+            grpc: grpc.clone(),
+            ..NotificationsConfig::default()
+        })
+        .await?;
+        let payments = atiende_payments::Payments::open(&PaymentsConfig {
+            storage,
+            grpc: grpc.clone(),
+            ..PaymentsConfig::default()
+        })
+        .await?;
+
+        let credentials = dev_credentials(&identity, &options.data_dir).await?;
+        let access_token = identity
+            .service()
+            .issue_token(&credentials.client_id, &credentials.client_secret, None)
+            .await?
+            .access_token;
+
+        let mut services = GrpcServices::new();
+        identity.register(&mut services);
+        notifications.register(&mut services);
+        payments.register(&mut services);
+        let verifier = identity.verifier();
+        let router = identity.http_router();
+        let tasks = tokio::spawn(async move {
+            let grpc = serve_grpc(grpc_listener, services, verifier, &grpc, shutdown.clone());
+            let http = serve_http(http_listener, router, shutdown);
+            let (grpc, http) = tokio::join!(grpc, http);
+            grpc?;
+            http?;
+            notifications.database().close().await;
+            payments.database().close().await;
+            Ok(())
+        });
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            issuer,
+            credentials,
+            access_token,
+            identity,
+            tasks,
+        })
+    }
+
+    /// Waits until the servers have stopped (after shutdown is triggered).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.tasks.await?
+    }
+}
+
+/// The credentials kept in the data directory if they still work; otherwise
+/// a new sandbox operator agency with a client holding every scope.
+async fn dev_credentials(
+    identity: &atiende_identity::Identity,
+    data_dir: &Path,
+) -> anyhow::Result<DevCredentials> {
+    let path = data_dir.join(CREDENTIALS_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(saved) = serde_json::from_str::<DevCredentials>(&text) {
+            let works = identity
+                .service()
+                .issue_token(&saved.client_id, &saved.client_secret, None)
+                .await
+                .is_ok();
+            if works {
+                return Ok(saved);
+            }
+        }
+    }
+    let service = identity.service();
+    let agency = service
+        .bootstrap_agency(DisplayName::parse("Development agency").map_err(anyhow::Error::msg)?, true)
+        .await?;
+    let (client, secret) = service
+        .bootstrap_client(
+            &agency.agency_id,
+            DisplayName::parse("Development client").map_err(anyhow::Error::msg)?,
+            Scope::ALL.into_iter().collect::<ScopeSet>(),
+            Environment::Sandbox,
+        )
+        .await?;
+    let credentials = DevCredentials {
+        agency_id: agency.agency_id,
+        client_id: client.client_id,
+        client_secret: secret.expose().to_owned(),
+    };
+    write_private(&path, &serde_json::to_string_pretty(&credentials)?)?;
+    Ok(credentials)
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    std::io::Write::write_all(&mut file, contents.as_bytes())
+}
