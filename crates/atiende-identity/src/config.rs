@@ -7,8 +7,10 @@ use atiende_platform::telemetry::TelemetryConfig;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+/// Unknown sections are ignored (one environment may configure several
+/// services); unknown keys inside a section are errors.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct IdentityConfig {
     pub storage: StorageConfig,
     pub grpc: GrpcConfig,

@@ -281,12 +281,19 @@ fn micros(d: Duration) -> i64 {
 }
 
 /// The service's own keys as a JWKS source, for verifiers in this process.
+/// A fetch re-reads the keys from the database first, so that a token signed
+/// by a key another instance just created verifies here too (the verifier
+/// fetches on an unknown `kid`, at most once per its minimum interval).
 pub struct LocalJwks(pub Arc<Keys>);
 
 impl JwksSource for LocalJwks {
     fn fetch(&self) -> BoxFuture<'_, Result<JwkSet, JwksError>> {
-        let json = self.0.jwks_json();
-        Box::pin(async move { serde_json::from_value(json).map_err(|e| JwksError(e.to_string())) })
+        Box::pin(async move {
+            if let Err(error) = self.0.reload().await {
+                tracing::warn!(%error, "re-reading signing keys failed; using the ones known");
+            }
+            serde_json::from_value(self.0.jwks_json()).map_err(|e| JwksError(e.to_string()))
+        })
     }
 }
 

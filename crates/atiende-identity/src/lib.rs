@@ -80,9 +80,11 @@ impl Identity {
                 VerifierSettings {
                     issuer: issuer.clone(),
                     audience: config.tokens.audience.clone(),
-                    // The keys are local: re-reading them costs nothing.
-                    max_age: Duration::from_secs(1),
-                    min_refresh_interval: Duration::ZERO,
+                    // Keys come from this process and its database: re-read
+                    // every reload interval, and on an unknown kid at most
+                    // once a second.
+                    max_age: config.tokens.key_reload_interval_ms,
+                    min_refresh_interval: Duration::from_secs(1),
                 },
                 LocalJwks(keys.clone()),
             )

@@ -35,7 +35,12 @@ async fn main() -> anyhow::Result<()> {
         &config.grpc,
         shutdown.clone(),
     );
-    let http = atiende_platform::server::serve_http(http_listener, identity.http_router(), shutdown);
+    let http = atiende_platform::server::serve_http(
+        http_listener,
+        identity.http_router(),
+        config.grpc.drain_delay_ms,
+        shutdown,
+    );
     let (grpc, http) = tokio::join!(grpc, http);
     grpc?;
     http?;

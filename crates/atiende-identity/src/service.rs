@@ -279,6 +279,20 @@ impl IdentityService {
         Ok((next, activate_time))
     }
 
+    /// Signs arbitrary claims with the current key. For in-process callers
+    /// only (tests and tooling); no RPC exposes it.
+    pub fn sign_claims(&self, claims: &AccessTokenClaims) -> Result<String, IdentityError> {
+        self.keys.sign(claims)
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
     pub fn published_keys(&self) -> Vec<PublicKey> {
         self.keys.published()
     }

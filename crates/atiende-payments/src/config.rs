@@ -4,8 +4,10 @@ use atiende_platform::config::{AuthConfig, GrpcConfig, StorageConfig};
 use atiende_platform::telemetry::TelemetryConfig;
 use serde::Deserialize;
 
+/// Unknown sections are ignored (one environment may configure several
+/// services); unknown keys inside a section are errors.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct PaymentsConfig {
     pub storage: StorageConfig,
     pub grpc: GrpcConfig,

@@ -3,9 +3,15 @@
 //!
 //! Environment variables name a path in the TOML document with `__` between
 //! levels: `ATIENDE_GRPC__LISTEN_ADDR=0.0.0.0:50051` sets `[grpc] listen_addr`.
-//! Values are read as TOML scalars when they parse as one (numbers, booleans),
-//! otherwise as strings. Secrets are [`secrecy::SecretString`]s, which never
-//! print.
+//! Only names with a `__` are read, so other `ATIENDE_*` variables (the
+//! service links Kubernetes injects, `ATIENDE_TOKEN` in a developer's shell)
+//! are left alone. Values are read as TOML scalars when they parse as one
+//! (numbers, booleans), otherwise as strings. Secrets are
+//! [`secrecy::SecretString`]s, which never print.
+//!
+//! Service configurations ignore sections they do not have, so one
+//! environment can configure several services; within a section an unknown
+//! key is an error, so a typo does not pass silently.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,7 +62,7 @@ pub fn apply_env(doc: &mut toml::Table, vars: impl IntoIterator<Item = (String, 
         let Some(path) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if name == CONFIG_FILE_ENV || path.is_empty() {
+        if !path.contains("__") {
             continue;
         }
         let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
@@ -122,7 +128,8 @@ impl Default for StorageConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
     pub listen_addr: SocketAddr,
-    /// Requests running longer are answered DEADLINE_EXCEEDED.
+    /// Requests running longer are cancelled (tonic answers CANCELLED);
+    /// clients should also send their own `grpc-timeout`.
     #[serde(with = "millis")]
     pub request_timeout_ms: Duration,
     /// Requests in flight across all connections; more wait for a slot.
@@ -233,8 +240,11 @@ mod tests {
                 ("ATIENDE_STORAGE__MAX_CONNECTIONS".into(), "3".into()),
                 ("ATIENDE_STORAGE__DATABASE_URL".into(), "postgres://x".into()),
                 ("OTHER".into(), "ignored".into()),
+                ("ATIENDE_TOKEN".into(), "not configuration".into()),
+                ("ATIENDE_IDENTITY_SERVICE_HOST".into(), "10.0.0.1".into()),
             ],
         );
+        assert!(!doc.contains_key("token"));
         let sample = Sample::deserialize(toml::Value::Table(doc)).unwrap();
         assert_eq!(sample.grpc.listen_addr.port(), 9000);
         assert_eq!(sample.grpc.concurrency_limit, 5);

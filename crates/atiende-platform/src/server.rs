@@ -191,14 +191,20 @@ pub async fn serve_grpc(
     Ok(())
 }
 
-/// Serves an HTTP router on `listener` until `shutdown`.
+/// Serves an HTTP router on `listener` until `shutdown`; like the gRPC
+/// server it keeps accepting for `drain_delay` after the signal, then lets
+/// in-flight requests finish.
 pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
+    drain_delay: std::time::Duration,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.wait())
+        .with_graceful_shutdown(async move {
+            shutdown.wait().await;
+            tokio::time::sleep(drain_delay).await;
+        })
         .await?;
     Ok(())
 }

@@ -198,7 +198,8 @@ pub mod testing {
         let options = PgConnectOptions::from_str(&admin_url)?;
         let admin = PgPoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
             .await?;
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let statement = format!("CREATE DATABASE \"{name}\"");

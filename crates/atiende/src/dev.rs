@@ -109,8 +109,9 @@ impl DevPlatform {
         let verifier = identity.verifier();
         let router = identity.http_router();
         let tasks = tokio::spawn(async move {
+            let drain_delay = grpc.drain_delay_ms;
             let grpc = serve_grpc(grpc_listener, services, verifier, &grpc, shutdown.clone());
-            let http = serve_http(http_listener, router, shutdown);
+            let http = serve_http(http_listener, router, drain_delay, shutdown);
             let (grpc, http) = tokio::join!(grpc, http);
             grpc?;
             http?;

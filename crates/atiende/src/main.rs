@@ -45,6 +45,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Ask a server's gRPC health service; exits non-zero unless SERVING.
+    /// For container healthchecks (Kubernetes has native gRPC probes).
+    Healthcheck {
+        /// The server's gRPC address.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// The service to ask about; empty means the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Apply a service's database migrations.
     Migrate {
         /// identity, notifications or payments.
@@ -83,6 +93,11 @@ async fn main() -> anyhow::Result<()> {
             println!("environment:   {}", created.environment.as_str());
             println!("\nThe secret is shown only now and stored only as a hash: keep it safe.");
             Ok(())
+        }
+        Command::Healthcheck { addr, service } => {
+            let serving = atiende::ops::healthcheck(&addr, &service).await?;
+            println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
+            if serving { Ok(()) } else { std::process::exit(1) }
         }
         Command::Migrate { service, config } => {
             atiende::ops::migrate(&service, config.as_deref()).await?;

@@ -68,3 +68,20 @@ pub async fn migrate(service: &str, config: Option<&std::path::Path>) -> anyhow:
     db.close().await;
     Ok(())
 }
+
+/// Whether the gRPC health service at `addr` reports `service` as SERVING.
+pub async fn healthcheck(addr: &str, service: &str) -> anyhow::Result<bool> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await?;
+    let response = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok(response.status == i32::from(ServingStatus::Serving))
+}

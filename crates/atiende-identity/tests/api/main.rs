@@ -1,1 +1,71 @@
-fn main(){}
+//! The identity service's API tests: one binary, real sockets, both
+//! databases.
+//!
+//! Every test runs against a server started on port 0, once on SQLite and
+//! once on PostgreSQL. Without a reachable PostgreSQL the PostgreSQL runs are
+//! reported as *ignored*; under CI (`CI=true`) they run and fail instead.
+//! `TEST_LOG=1` echoes the server's logs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod agencies;
+mod attacks;
+mod http_endpoint;
+mod logs;
+mod rotation;
+mod support;
+mod tokens;
+
+use std::process::ExitCode;
+
+use libtest_mimic::{Arguments, Trial};
+use support::{Engine, TestFn};
+
+macro_rules! tests {
+    ($($path:path),* $(,)?) => {
+        &[$((stringify!($path), |engine| Box::pin($path(engine)))),*]
+    };
+}
+
+const TESTS: &[(&str, TestFn)] = tests![
+    tokens::issued_token_verifies_against_jwks_and_introspects_until_revoked,
+    tokens::token_for_a_subset_of_scopes_carries_only_those,
+    tokens::scope_the_client_lacks_is_refused,
+    tokens::wrong_secret_unknown_client_and_disabled_client_get_one_answer,
+    tokens::introspection_needs_a_token_and_reports_garbage_inactive,
+    agencies::client_lifecycle_secret_rotation_disable_and_paging,
+    agencies::agency_cannot_see_or_change_another_agencys_clients,
+    agencies::sandbox_admin_cannot_create_or_manage_live_clients,
+    agencies::only_operators_create_agencies_and_rotate_keys,
+    agencies::bad_input_gets_invalid_argument_with_field_violations,
+    agencies::arbitrary_input_never_takes_the_server_down,
+    attacks::forged_and_misaddressed_tokens_are_unauthenticated,
+    attacks::valid_token_without_the_scope_is_permission_denied,
+    rotation::next_key_is_published_before_it_signs_and_old_tokens_keep_verifying,
+    rotation::verifier_with_stale_cache_picks_up_new_key_without_restart,
+    http_endpoint::token_endpoint_accepts_basic_and_post_client_auth,
+    http_endpoint::token_endpoint_errors_follow_rfc_6749,
+    http_endpoint::discovery_and_jwks_are_served,
+    logs::secrets_and_tokens_never_appear_in_logs_or_errors,
+];
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    support::install_log_capture();
+    let postgres = support::postgres_mode();
+    let mut trials = Vec::new();
+    for engine in [Engine::Sqlite, Engine::Postgres] {
+        for (name, test) in TESTS {
+            let test = *test;
+            let name = format!("{}::{}", engine.name(), name);
+            let ignored = engine == Engine::Postgres && !postgres.run;
+            trials.push(
+                Trial::test(name, move || support::run(engine, test)).with_ignored_flag(ignored),
+            );
+        }
+    }
+    if !postgres.run {
+        eprintln!("PostgreSQL tests skipped: {}", postgres.reason);
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}

@@ -1,0 +1,309 @@
+//! `TestApp`: an identity server on port 0 with a fresh database, an
+//! operator agency, and typed helpers.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use atiende_identity::Identity;
+use atiende_identity::config::{IdentityConfig, TokenConfig};
+use atiende_identity::domain::DisplayName;
+use atiende_identity::keys::KeyEncryptionKey;
+use atiende_platform::auth::{Environment, Scope, ScopeSet};
+use atiende_platform::config::{GrpcConfig, HttpConfig, StorageConfig};
+use atiende_platform::server::{GrpcServices, ShutdownTrigger, serve_grpc, serve_http, shutdown_channel};
+use atiende_platform::storage::{Database, testing};
+use atiende_proto::identity::v1 as pb;
+use pb::agency_service_client::AgencyServiceClient;
+use pb::token_service_client::TokenServiceClient;
+use tonic::transport::Channel;
+
+pub type TestFn = fn(Engine) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+const PG_PREFIX: &str = "atiende_test_identity";
+
+pub struct PostgresMode {
+    pub run: bool,
+    pub reason: String,
+}
+
+/// Whether the PostgreSQL runs execute: always under CI, otherwise only
+/// when a server answers. Also drops databases left by earlier runs.
+pub fn postgres_mode() -> PostgresMode {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reachable = runtime.block_on(testing::postgres_reachable());
+    if reachable {
+        let _ = runtime.block_on(testing::drop_scratch_postgres(PG_PREFIX));
+    }
+    PostgresMode {
+        run: reachable || ci,
+        reason: format!(
+            "no PostgreSQL at {} (set ATIENDE_TEST_POSTGRES_URL)",
+            testing::postgres_admin_url()
+        ),
+    }
+}
+
+/// Runs one test on its own runtime.
+pub fn run(engine: Engine, test: TestFn) -> Result<(), libtest_mimic::Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(test(engine))
+        .map_err(|e| format!("{e:#}").into())
+}
+
+/// Everything every server in this binary logs, at debug level.
+pub fn captured_logs() -> String {
+    let buffer = log_buffer().lock().unwrap();
+    String::from_utf8_lossy(&buffer).into_owned()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUFFER.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
+}
+
+#[derive(Clone)]
+struct CaptureWriter {
+    echo: bool,
+}
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        log_buffer().lock().unwrap().extend_from_slice(buf);
+        if self.echo {
+            std::io::stderr().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the global subscriber: debug level, JSON lines, into the
+/// capture buffer (and stderr with `TEST_LOG`).
+pub fn install_log_capture() {
+    let echo = std::env::var_os("TEST_LOG").is_some();
+    let config = atiende_platform::telemetry::TelemetryConfig {
+        log_format: atiende_platform::telemetry::LogFormat::Json,
+        log_filter: "debug,h2=info,hyper=info,hyper_util=info,tower=info,sqlx=debug".to_owned(),
+    };
+    let guard = atiende_platform::telemetry::init("identity-tests", &config, move || CaptureWriter {
+        echo,
+    })
+    .unwrap();
+    std::mem::forget(guard);
+}
+
+/// A client's credentials.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub agency_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+pub struct TestApp {
+    pub http_addr: SocketAddr,
+    pub identity: Identity,
+    pub operator: Credentials,
+    pub channel: Channel,
+    trigger: ShutdownTrigger,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.trigger.trigger();
+    }
+}
+
+/// Options that tests vary.
+pub struct AppOptions {
+    pub next_key_lead: Duration,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            next_key_lead: Duration::from_secs(900),
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(engine: Engine) -> anyhow::Result<Self> {
+        Self::spawn_with(engine, AppOptions::default()).await
+    }
+
+    pub async fn spawn_with(engine: Engine, options: AppOptions) -> anyhow::Result<Self> {
+        let data_dir = std::env::temp_dir().join(format!("atiende-test-{}", uuid_like()));
+        let database_url = match engine {
+            Engine::Sqlite => {
+                std::fs::create_dir_all(&data_dir)?;
+                format!("sqlite://{}", data_dir.join("identity.db").display())
+            }
+            Engine::Postgres => testing::create_scratch_postgres(PG_PREFIX).await?,
+        };
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        let config = IdentityConfig {
+            storage: StorageConfig {
+                data_dir,
+                database_url: Some(database_url.clone().into()),
+                max_connections: 8,
+            },
+            grpc: GrpcConfig {
+                listen_addr: grpc_addr,
+                ..GrpcConfig::default()
+            },
+            http: HttpConfig {
+                listen_addr: http_addr,
+                public_url: format!("http://{http_addr}"),
+            },
+            tokens: TokenConfig {
+                key_encryption_key: Some(KeyEncryptionKey::generate_base64()?),
+                next_key_lead_ms: options.next_key_lead,
+                key_reload_interval_ms: Duration::from_millis(200),
+                revocation_poll_interval_ms: Duration::from_millis(200),
+                ..TokenConfig::default()
+            },
+            ..IdentityConfig::default()
+        };
+        let (trigger, shutdown) = shutdown_channel();
+        let db = Database::connect(&database_url, 8).await?;
+        db.migrate(&atiende_identity::store::MIGRATIONS).await?;
+        let identity = Identity::open_with(db, config.clone(), shutdown.clone()).await?;
+        let mut services = GrpcServices::new();
+        identity.register(&mut services);
+        let verifier = identity.verifier();
+        let grpc_config = config.grpc.clone();
+        let grpc_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve_grpc(grpc_listener, services, verifier, &grpc_config, grpc_shutdown).await
+        });
+        tokio::spawn(serve_http(http_listener, identity.http_router(), Duration::ZERO, shutdown));
+
+        let service = identity.service();
+        let agency = service
+            .bootstrap_agency(DisplayName::parse("Operator agency").unwrap(), true)
+            .await?;
+        let (client, secret) = service
+            .bootstrap_client(
+                &agency.agency_id,
+                DisplayName::parse("Operator admin").unwrap(),
+                Scope::ALL.into_iter().collect(),
+                Environment::Live,
+            )
+            .await?;
+        let channel = Channel::from_shared(format!("http://{grpc_addr}"))?
+            .connect()
+            .await?;
+        Ok(Self {
+
+            http_addr,
+            identity: identity.clone(),
+            operator: Credentials {
+                agency_id: agency.agency_id,
+                client_id: client.client_id,
+                client_secret: secret.expose().to_owned(),
+            },
+            channel,
+            trigger,
+        })
+    }
+
+    pub fn agencies(&self) -> AgencyServiceClient<Channel> {
+        AgencyServiceClient::new(self.channel.clone())
+    }
+
+    pub fn tokens(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::new(self.channel.clone())
+    }
+
+    /// A token for the credentials, through the IssueToken RPC.
+    pub async fn token(&self, credentials: &Credentials) -> anyhow::Result<String> {
+        let response = self
+            .tokens()
+            .issue_token(pb::IssueTokenRequest {
+                client_id: credentials.client_id.clone(),
+                client_secret: credentials.client_secret.clone(),
+                scopes: vec![],
+            })
+            .await?;
+        Ok(response.into_inner().access_token)
+    }
+
+    /// A new agency (not an operator) with one client of the given scopes.
+    pub async fn agency_with_client(
+        &self,
+        scopes: &[Scope],
+        environment: Environment,
+    ) -> anyhow::Result<Credentials> {
+        let service = self.identity.service();
+        let agency = service
+            .bootstrap_agency(DisplayName::parse("Municipalidad de Prueba").unwrap(), false)
+            .await?;
+        let (client, secret) = service
+            .bootstrap_client(
+                &agency.agency_id,
+                DisplayName::parse("Backend").unwrap(),
+                scopes.iter().copied().collect::<ScopeSet>(),
+                environment,
+            )
+            .await?;
+        Ok(Credentials {
+            agency_id: agency.agency_id,
+            client_id: client.client_id,
+            client_secret: secret.expose().to_owned(),
+        })
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to a request.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// The field names of a status's BadRequest violations.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+fn uuid_like() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
