@@ -25,7 +25,9 @@ impl DisplayName {
             return Err("must not be empty".to_owned());
         }
         if trimmed.chars().count() > MAX_DISPLAY_NAME_CHARS {
-            return Err(format!("must be at most {MAX_DISPLAY_NAME_CHARS} characters"));
+            return Err(format!(
+                "must be at most {MAX_DISPLAY_NAME_CHARS} characters"
+            ));
         }
         if trimmed.chars().any(char::is_control) {
             return Err("must not contain control characters".to_owned());
@@ -185,14 +187,16 @@ impl From<IdentityError> for ApiError {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn display_names_are_trimmed_and_bounded() {
-        assert_eq!(DisplayName::parse("  Municipalidad  ").unwrap().as_str(), "Municipalidad");
+        assert_eq!(
+            DisplayName::parse("  Municipalidad  ").unwrap().as_str(),
+            "Municipalidad"
+        );
         assert!(DisplayName::parse("   ").is_err());
         assert!(DisplayName::parse(&"a".repeat(201)).is_err());
         assert!(DisplayName::parse("bad\u{0}name").is_err());

@@ -39,29 +39,53 @@ fn admin(request: &Request<impl Sized>) -> Result<Caller, ApiError> {
 
 #[tonic::async_trait]
 impl pb::agency_service_server::AgencyService for AgencyApi {
-    async fn create_agency(&self, request: Request<pb::CreateAgencyRequest>) -> Reply<pb::CreateAgencyResponse> {
+    async fn create_agency(
+        &self,
+        request: Request<pb::CreateAgencyRequest>,
+    ) -> Reply<pb::CreateAgencyResponse> {
         let caller = admin(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let name = v.check("display_name", DisplayName::parse(&req.display_name));
         let name = v.finish_with(name)?;
-        let agency = self.0.create_agency(&caller, name, req.operator).await.map_err(ApiError::from)?;
-        Ok(Response::new(pb::CreateAgencyResponse { agency: Some(agency_to_pb(&agency)) }))
+        let agency = self
+            .0
+            .create_agency(&caller, name, req.operator)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::CreateAgencyResponse {
+            agency: Some(agency_to_pb(&agency)),
+        }))
     }
 
-    async fn get_agency(&self, request: Request<pb::GetAgencyRequest>) -> Reply<pb::GetAgencyResponse> {
+    async fn get_agency(
+        &self,
+        request: Request<pb::GetAgencyRequest>,
+    ) -> Reply<pb::GetAgencyResponse> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let wanted = if req.agency_id.is_empty() {
             None
         } else {
-            Some(parse_id(AGENCY_ID_PREFIX, &req.agency_id).map_err(|d| ApiError::invalid("agency_id", d))?)
+            Some(
+                parse_id(AGENCY_ID_PREFIX, &req.agency_id)
+                    .map_err(|d| ApiError::invalid("agency_id", d))?,
+            )
         };
-        let agency = self.0.get_agency(&caller, wanted.as_deref()).await.map_err(ApiError::from)?;
-        Ok(Response::new(pb::GetAgencyResponse { agency: Some(agency_to_pb(&agency)) }))
+        let agency = self
+            .0
+            .get_agency(&caller, wanted.as_deref())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::GetAgencyResponse {
+            agency: Some(agency_to_pb(&agency)),
+        }))
     }
 
-    async fn create_client(&self, request: Request<pb::CreateClientRequest>) -> Reply<pb::CreateClientResponse> {
+    async fn create_client(
+        &self,
+        request: Request<pb::CreateClientRequest>,
+    ) -> Reply<pb::CreateClientResponse> {
         let caller = admin(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
@@ -80,7 +104,10 @@ impl pb::agency_service_server::AgencyService for AgencyApi {
         }))
     }
 
-    async fn list_clients(&self, request: Request<pb::ListClientsRequest>) -> Reply<pb::ListClientsResponse> {
+    async fn list_clients(
+        &self,
+        request: Request<pb::ListClientsRequest>,
+    ) -> Reply<pb::ListClientsResponse> {
         let caller = admin(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
@@ -94,7 +121,10 @@ impl pb::agency_service_server::AgencyService for AgencyApi {
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::ListClientsResponse {
             clients: page.items.iter().map(client_to_pb).collect(),
-            next_page_token: page.next_cursor.map(|c| encode_page_token(&c, "")).unwrap_or_default(),
+            next_page_token: page
+                .next_cursor
+                .map(|c| encode_page_token(&c, ""))
+                .unwrap_or_default(),
         }))
     }
 
@@ -115,17 +145,29 @@ impl pb::agency_service_server::AgencyService for AgencyApi {
         }))
     }
 
-    async fn disable_client(&self, request: Request<pb::DisableClientRequest>) -> Reply<pb::DisableClientResponse> {
+    async fn disable_client(
+        &self,
+        request: Request<pb::DisableClientRequest>,
+    ) -> Reply<pb::DisableClientResponse> {
         let caller = admin(&request)?;
         let client_id = parse_client_id(&request.get_ref().client_id)?;
-        let client = self.0.disable_client(&caller, &client_id).await.map_err(ApiError::from)?;
-        Ok(Response::new(pb::DisableClientResponse { client: Some(client_to_pb(&client)) }))
+        let client = self
+            .0
+            .disable_client(&caller, &client_id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::DisableClientResponse {
+            client: Some(client_to_pb(&client)),
+        }))
     }
 }
 
 #[tonic::async_trait]
 impl pb::token_service_server::TokenService for TokenApi {
-    async fn issue_token(&self, request: Request<pb::IssueTokenRequest>) -> Reply<pb::IssueTokenResponse> {
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Reply<pb::IssueTokenResponse> {
         let req = request.into_inner();
         let mut v = Violations::new();
         let client_id = v.check("client_id", parse_id(CLIENT_ID_PREFIX, &req.client_id));
@@ -176,13 +218,19 @@ impl pb::token_service_server::TokenService for TokenApi {
         }))
     }
 
-    async fn revoke_token(&self, request: Request<pb::RevokeTokenRequest>) -> Reply<pb::RevokeTokenResponse> {
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Reply<pb::RevokeTokenResponse> {
         let caller = caller(&request)?;
         let token = &request.get_ref().token;
         if token.is_empty() {
             return Err(ApiError::invalid("token", "is required").into());
         }
-        self.0.revoke(&caller, token).await.map_err(ApiError::from)?;
+        self.0
+            .revoke(&caller, token)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 
@@ -197,7 +245,11 @@ impl pb::token_service_server::TokenService for TokenApi {
         request: Request<pb::RotateSigningKeysRequest>,
     ) -> Reply<pb::RotateSigningKeysResponse> {
         let caller = admin(&request)?;
-        let (next, activate_time) = self.0.rotate_signing_keys(&caller).await.map_err(ApiError::from)?;
+        let (next, activate_time) = self
+            .0
+            .rotate_signing_keys(&caller)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::RotateSigningKeysResponse {
             next_kid: next.kid,
             activate_time: Some(timestamp_micros(activate_time)),
@@ -283,7 +335,11 @@ fn client_to_pb(client: &Client) -> pb::Client {
         client_id: client.client_id.clone(),
         agency_id: client.agency_id.clone(),
         display_name: client.display_name.as_str().to_owned(),
-        scopes: client.scopes.iter().map(|s| scope_to_pb(s).into()).collect(),
+        scopes: client
+            .scopes
+            .iter()
+            .map(|s| scope_to_pb(s).into())
+            .collect(),
         environment: environment_to_pb(client.environment).into(),
         state: match client.state {
             ClientState::Active => pb::ClientState::Active,
@@ -309,7 +365,10 @@ fn jwk_to_pb(key: &PublicKey) -> pb::JsonWebKey {
 
 fn timestamp_micros(micros: i64) -> prost_types::Timestamp {
     let nanos = i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0);
-    prost_types::Timestamp { seconds: micros.div_euclid(1_000_000), nanos }
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos,
+    }
 }
 
 fn timestamp_secs(seconds: i64) -> prost_types::Timestamp {

@@ -57,7 +57,9 @@ async fn metadata(State(state): State<HttpState>) -> Response {
 
 async fn jwks(State(state): State<HttpState>) -> Response {
     let mut response = axum::Json(state.service.keys.jwks_json()).into_response();
-    if let Ok(value) = HeaderValue::from_str(&format!("public, max-age={}", state.jwks_max_age_secs)) {
+    if let Ok(value) =
+        HeaderValue::from_str(&format!("public, max-age={}", state.jwks_max_age_secs))
+    {
         response.headers_mut().insert(header::CACHE_CONTROL, value);
     }
     response
@@ -133,7 +135,12 @@ async fn issue(
                 "only client_credentials is supported",
             ));
         }
-        None => return Err(OAuthError::bad_request("invalid_request", "grant_type is required")),
+        None => {
+            return Err(OAuthError::bad_request(
+                "invalid_request",
+                "grant_type is required",
+            ));
+        }
     }
     let basic = basic_credentials(headers);
     let posted = form.get("client_id").zip(form.get("client_secret"));
@@ -173,10 +180,9 @@ async fn issue(
                 description: "invalid client credentials",
                 basic_challenge: used_basic,
             },
-            IdentityError::ScopeNotGranted(_) => OAuthError::bad_request(
-                "invalid_scope",
-                "the client may not request that scope",
-            ),
+            IdentityError::ScopeNotGranted(_) => {
+                OAuthError::bad_request("invalid_scope", "the client may not request that scope")
+            }
             other => {
                 tracing::error!(error = %other, "token endpoint failed");
                 OAuthError {
@@ -240,7 +246,10 @@ mod tests {
     fn basic_credentials_are_form_decoded() {
         let mut headers = HeaderMap::new();
         let encoded = STANDARD.encode("cli_1:a%2Bb+c");
-        headers.insert(header::AUTHORIZATION, format!("Basic {encoded}").parse().unwrap());
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Basic {encoded}").parse().unwrap(),
+        );
         let (id, secret) = basic_credentials(&headers).unwrap().unwrap();
         assert_eq!((id.as_str(), secret.as_str()), ("cli_1", "a+b c"));
         headers.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());

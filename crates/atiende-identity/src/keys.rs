@@ -78,7 +78,9 @@ impl KeyEncryptionKey {
             .0
             .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut in_out)
             .map_err(|_| {
-                IdentityError::Keys("a signing key does not open with this key encryption key".into())
+                IdentityError::Keys(
+                    "a signing key does not open with this key encryption key".into(),
+                )
             })?;
         Ok(plain.to_vec())
     }
@@ -246,8 +248,9 @@ impl Keys {
     }
 
     fn generate(&self, activate_time: i64) -> Result<SigningKeyRow, IdentityError> {
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-            .map_err(|_| IdentityError::Crypto)?;
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| IdentityError::Crypto)?;
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
             .map_err(|_| IdentityError::Crypto)?;
         // Uncompressed point: 0x04 || X (32 bytes) || Y (32 bytes).
@@ -315,12 +318,19 @@ mod tests {
     fn next_key_is_published_before_it_signs_and_old_key_until_its_tokens_expire() {
         let ttl = 600 * 1_000_000;
         let ring = KeyRing(vec![key("old", 0), key("next", 1_000_000_000)]);
-        let kids = |now| ring.published(now, ttl).map(|k| k.kid.clone()).collect::<Vec<_>>();
+        let kids = |now| {
+            ring.published(now, ttl)
+                .map(|k| k.kid.clone())
+                .collect::<Vec<_>>()
+        };
         // Before activation: old signs, both published.
         assert_eq!(ring.signer(500).map(|k| k.kid.as_str()), Some("old"));
         assert_eq!(kids(500), ["old", "next"]);
         // After activation: next signs, old still published for its tokens.
-        assert_eq!(ring.signer(1_000_000_001).map(|k| k.kid.as_str()), Some("next"));
+        assert_eq!(
+            ring.signer(1_000_000_001).map(|k| k.kid.as_str()),
+            Some("next")
+        );
         assert_eq!(kids(1_000_000_001 + ttl), ["old", "next"]);
         // Once every token of old has expired (plus grace), old is gone.
         assert_eq!(kids(1_000_000_000 + ttl + GRACE_MICROS), ["next"]);
@@ -328,11 +338,13 @@ mod tests {
 
     #[test]
     fn sealed_keys_open_only_with_their_kid_and_kek() {
-        let kek = KeyEncryptionKey::from_base64(&KeyEncryptionKey::generate_base64().unwrap()).unwrap();
+        let kek =
+            KeyEncryptionKey::from_base64(&KeyEncryptionKey::generate_base64().unwrap()).unwrap();
         let sealed = kek.seal("kid-1", b"private").unwrap();
         assert_eq!(kek.open("kid-1", &sealed).unwrap(), b"private");
         assert!(kek.open("kid-2", &sealed).is_err());
-        let other = KeyEncryptionKey::from_base64(&KeyEncryptionKey::generate_base64().unwrap()).unwrap();
+        let other =
+            KeyEncryptionKey::from_base64(&KeyEncryptionKey::generate_base64().unwrap()).unwrap();
         assert!(other.open("kid-1", &sealed).is_err());
     }
 }

@@ -159,7 +159,10 @@ fn spawn_refreshers(
     shutdown: Shutdown,
 ) {
     let (db, keys, revocations) = (db.clone(), keys.clone(), revocations.clone());
-    let key_every = config.tokens.key_reload_interval_ms.max(Duration::from_millis(100));
+    let key_every = config
+        .tokens
+        .key_reload_interval_ms
+        .max(Duration::from_millis(100));
     let revocation_every = config
         .tokens
         .revocation_poll_interval_ms
@@ -219,6 +222,8 @@ fn read_or_create_secret(path: &Path) -> Result<SecretString, IdentityError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(io)?;
     std::io::Write::write_all(&mut file, secret.expose_secret().as_bytes()).map_err(io)?;
-    tracing::warn!("generated a key encryption key in the data directory; set tokens.key_encryption_key in production");
+    tracing::warn!(
+        "generated a key encryption key in the data directory; set tokens.key_encryption_key in production"
+    );
     Ok(secret)
 }

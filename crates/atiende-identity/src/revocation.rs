@@ -84,6 +84,7 @@ impl Revocations {
 impl RevocationCheck for Revocations {
     fn is_revoked(&self, caller: &Caller) -> bool {
         let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
-        revoked.tokens.contains_key(&caller.token_id) || revoked.clients.contains_key(&caller.client_id)
+        revoked.tokens.contains_key(&caller.token_id)
+            || revoked.clients.contains_key(&caller.client_id)
     }
 }

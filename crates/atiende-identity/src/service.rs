@@ -262,7 +262,8 @@ impl IdentityService {
             now_micros(),
         )
         .await?;
-        self.revocations.record_token(&subject.token_id, expire_time);
+        self.revocations
+            .record_token(&subject.token_id, expire_time);
         tracing::info!(client_id = %subject.client_id, "token revoked");
         Ok(())
     }
@@ -308,7 +309,11 @@ impl IdentityService {
 
     /// A client the caller may manage: same agency, and a sandbox caller
     /// only manages sandbox clients.
-    async fn managed_client(&self, caller: &Caller, client_id: &str) -> Result<Client, IdentityError> {
+    async fn managed_client(
+        &self,
+        caller: &Caller,
+        client_id: &str,
+    ) -> Result<Client, IdentityError> {
         let client = store::get_client(&self.db, &caller.agency_id, client_id)
             .await?
             .ok_or(IdentityError::ClientNotFound)?;

@@ -52,9 +52,11 @@ impl Notifications {
                     .max_encoding_message_size(limit),
             )
             .add(
-                pb::notification_service_server::NotificationServiceServer::new(grpc::NotificationApi)
-                    .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit),
+                pb::notification_service_server::NotificationServiceServer::new(
+                    grpc::NotificationApi,
+                )
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
             )
             .add(
                 pb::callback_service_server::CallbackServiceServer::new(grpc::CallbackApi)

@@ -16,11 +16,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config: atiende_payments::config::PaymentsConfig =
         atiende_platform::config::load(args.config.as_deref())?;
-    let _telemetry = atiende_platform::telemetry::init(
-        "atiende-payments",
-        &config.telemetry,
-        std::io::stdout,
-    )?;
+    let _telemetry =
+        atiende_platform::telemetry::init("atiende-payments", &config.telemetry, std::io::stdout)?;
     let verifier = std::sync::Arc::new(atiende_platform::auth::TokenVerifier::from_config(
         &config.auth,
     )?);
@@ -32,7 +29,8 @@ async fn main() -> anyhow::Result<()> {
     trigger.trigger_on_signals();
     let listener = tokio::net::TcpListener::bind(config.grpc.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "atiende-payments serving gRPC");
-    atiende_platform::server::serve_grpc(listener, services, verifier, &config.grpc, shutdown).await?;
+    atiende_platform::server::serve_grpc(listener, services, verifier, &config.grpc, shutdown)
+        .await?;
     service.database().close().await;
     Ok(())
 }

@@ -5,6 +5,14 @@ use atiende_platform::storage::Migrations;
 
 pub const MIGRATIONS: Migrations = Migrations {
     service: "payments",
-    sqlite: &[(1, "service metadata", include_str!("../migrations/sqlite/0001_service_metadata.sql"))],
-    postgres: &[(1, "service metadata", include_str!("../migrations/postgres/0001_service_metadata.sql"))],
+    sqlite: &[(
+        1,
+        "service metadata",
+        include_str!("../migrations/sqlite/0001_service_metadata.sql"),
+    )],
+    postgres: &[(
+        1,
+        "service metadata",
+        include_str!("../migrations/postgres/0001_service_metadata.sql"),
+    )],
 };

@@ -141,7 +141,9 @@ impl ScopeSet {
     /// Parses a list, ignoring scopes Atiende does not know (tokens of other
     /// issuers may carry theirs).
     pub fn parse_known(raw: &str) -> Self {
-        raw.split_ascii_whitespace().filter_map(Scope::parse).collect()
+        raw.split_ascii_whitespace()
+            .filter_map(Scope::parse)
+            .collect()
     }
 }
 
@@ -222,7 +224,9 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, ApiError> {
         .extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or(ApiError::Unauthenticated("a bearer access token is required"))
+        .ok_or(ApiError::Unauthenticated(
+            "a bearer access token is required",
+        ))
 }
 
 /// Why a token was refused.
@@ -491,7 +495,11 @@ impl TokenVerifier {
                 caller
             }
         };
-        if self.revocation.as_ref().is_some_and(|r| r.is_revoked(&caller)) {
+        if self
+            .revocation
+            .as_ref()
+            .is_some_and(|r| r.is_revoked(&caller))
+        {
             return Err(AuthError::Revoked);
         }
         Ok(caller)
@@ -559,7 +567,9 @@ impl TokenVerifier {
             let interval = if cache.fetched_at.is_some() {
                 self.settings.min_refresh_interval
             } else {
-                self.settings.min_refresh_interval.min(Duration::from_secs(1))
+                self.settings
+                    .min_refresh_interval
+                    .min(Duration::from_secs(1))
             };
             if cache.attempted_at.is_some_and(|t| t.elapsed() < interval) {
                 return if cache.fetched_at.is_some() {
@@ -669,9 +679,13 @@ impl AuthLayer {
     }
 
     fn is_public(&self, path: &str) -> bool {
-        self.public_methods
-            .iter()
-            .any(|p| if p.ends_with('/') { path.starts_with(p.as_str()) } else { path == p })
+        self.public_methods.iter().any(|p| {
+            if p.ends_with('/') {
+                path.starts_with(p.as_str())
+            } else {
+                path == p
+            }
+        })
     }
 }
 
@@ -745,7 +759,10 @@ mod tests {
     fn scope_sets_parse_and_print_in_canonical_order() {
         let set = ScopeSet::parse_list("payments.read notifications.send").unwrap();
         assert_eq!(set.to_string(), "notifications.send payments.read");
-        assert_eq!(ScopeSet::parse_list("payments.read bogus").unwrap_err(), "bogus");
+        assert_eq!(
+            ScopeSet::parse_list("payments.read bogus").unwrap_err(),
+            "bogus"
+        );
         assert!(ScopeSet::parse_known("openid payments.read").contains(Scope::PaymentsRead));
     }
 

@@ -238,7 +238,10 @@ mod tests {
             [
                 ("ATIENDE_GRPC__LISTEN_ADDR".into(), "0.0.0.0:9000".into()),
                 ("ATIENDE_STORAGE__MAX_CONNECTIONS".into(), "3".into()),
-                ("ATIENDE_STORAGE__DATABASE_URL".into(), "postgres://x".into()),
+                (
+                    "ATIENDE_STORAGE__DATABASE_URL".into(),
+                    "postgres://x".into(),
+                ),
                 ("OTHER".into(), "ignored".into()),
                 ("ATIENDE_TOKEN".into(), "not configuration".into()),
                 ("ATIENDE_IDENTITY_SERVICE_HOST".into(), "10.0.0.1".into()),
@@ -250,6 +253,9 @@ mod tests {
         assert_eq!(sample.grpc.concurrency_limit, 5);
         assert_eq!(sample.storage.max_connections, 3);
         let url = sample.storage.database_url.unwrap();
-        assert!(!format!("{url:?}").contains("postgres"), "secrets never print");
+        assert!(
+            !format!("{url:?}").contains("postgres"),
+            "secrets never print"
+        );
     }
 }

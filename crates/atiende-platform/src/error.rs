@@ -64,7 +64,9 @@ impl Violations {
     pub fn finish_with<T>(self, value: Option<T>) -> Result<T, ApiError> {
         match (self.0.is_empty(), value) {
             (true, Some(value)) => Ok(value),
-            (true, None) => Err(ApiError::internal("a field failed to parse without a violation")),
+            (true, None) => Err(ApiError::internal(
+                "a field failed to parse without a violation",
+            )),
             (false, _) => Err(ApiError::InvalidArgument(self.0)),
         }
     }
@@ -200,7 +202,11 @@ mod tests {
         let status = Status::from(v.finish().unwrap_err());
         assert_eq!(status.code(), Code::InvalidArgument);
         let bad = status.get_details_bad_request().unwrap();
-        let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|f| f.field.as_str())
+            .collect();
         assert_eq!(fields, ["display_name", "scopes"]);
     }
 

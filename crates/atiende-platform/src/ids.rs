@@ -14,14 +14,19 @@ pub fn parse_id(prefix: &str, raw: &str) -> Result<String, String> {
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('_'))
         .is_some_and(|hex| {
-            hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            hex.len() == 32
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
     if valid {
         Ok(raw.to_owned())
     } else if raw.is_empty() {
         Err("is required".to_owned())
     } else {
-        Err(format!("must be an id of the form {prefix}_ followed by 32 hex digits"))
+        Err(format!(
+            "must be an id of the form {prefix}_ followed by 32 hex digits"
+        ))
     }
 }
 

@@ -44,7 +44,9 @@ pub fn decode_page_token(token: &str, filters: &str) -> Result<Option<String>, S
         return Ok(None);
     }
     const INVALID: &str = "is not a page token from a previous call with the same filters";
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| INVALID.to_owned())?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| INVALID.to_owned())?;
     let text = String::from_utf8(bytes).map_err(|_| INVALID.to_owned())?;
     let mut parts = text.splitn(3, '\n');
     match (parts.next(), parts.next(), parts.next()) {
@@ -69,7 +71,9 @@ mod tests {
     fn page_token_round_trips_only_with_same_filters() {
         let token = encode_page_token("123|cli_ab", "state=active");
         assert_eq!(
-            decode_page_token(&token, "state=active").unwrap().as_deref(),
+            decode_page_token(&token, "state=active")
+                .unwrap()
+                .as_deref(),
             Some("123|cli_ab")
         );
         assert!(decode_page_token(&token, "").is_err());

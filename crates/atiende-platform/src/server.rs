@@ -144,7 +144,9 @@ pub async fn serve_grpc(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     for name in &services.names {
-        health.set_service_status(*name, ServingStatus::Serving).await;
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
     }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(atiende_proto::FILE_DESCRIPTOR_SET)
@@ -173,9 +175,13 @@ pub async fn serve_grpc(
     let drain_delay = config.drain_delay_ms;
     let signal = async move {
         shutdown.wait().await;
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         for name in names {
-            health.set_service_status(name, ServingStatus::NotServing).await;
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
         }
         tracing::info!(?drain_delay, "gRPC server draining");
         tokio::time::sleep(drain_delay).await;

@@ -78,8 +78,11 @@ impl Database {
             None => {
                 std::fs::create_dir_all(&config.data_dir).map_err(StorageError::DataDir)?;
                 let path = config.data_dir.join(format!("{service}.db"));
-                Self::connect(&format!("sqlite://{}", path.display()), config.max_connections)
-                    .await
+                Self::connect(
+                    &format!("sqlite://{}", path.display()),
+                    config.max_connections,
+                )
+                .await
             }
         }
     }

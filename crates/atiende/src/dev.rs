@@ -80,8 +80,7 @@ impl DevPlatform {
             ..IdentityConfig::default()
         };
         let issuer = identity_config.issuer();
-        let identity =
-            atiende_identity::Identity::open(identity_config, shutdown.clone()).await?;
+        let identity = atiende_identity::Identity::open(identity_config, shutdown.clone()).await?;
         let notifications = atiende_notifications::Notifications::open(&NotificationsConfig {
             storage: storage.clone(),
             grpc: grpc.clone(),
@@ -143,21 +142,25 @@ async fn dev_credentials(
     data_dir: &Path,
 ) -> anyhow::Result<DevCredentials> {
     let path = data_dir.join(CREDENTIALS_FILE);
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(saved) = serde_json::from_str::<DevCredentials>(&text) {
-            let works = identity
-                .service()
-                .issue_token(&saved.client_id, &saved.client_secret, None)
-                .await
-                .is_ok();
-            if works {
-                return Ok(saved);
-            }
+    let saved = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<DevCredentials>(&text).ok());
+    if let Some(saved) = saved {
+        let works = identity
+            .service()
+            .issue_token(&saved.client_id, &saved.client_secret, None)
+            .await
+            .is_ok();
+        if works {
+            return Ok(saved);
         }
     }
     let service = identity.service();
     let agency = service
-        .bootstrap_agency(DisplayName::parse("Development agency").map_err(anyhow::Error::msg)?, true)
+        .bootstrap_agency(
+            DisplayName::parse("Development agency").map_err(anyhow::Error::msg)?,
+            true,
+        )
         .await?;
     let (client, secret) = service
         .bootstrap_client(

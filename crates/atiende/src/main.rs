@@ -9,7 +9,10 @@ use atiende_platform::telemetry::TelemetryConfig;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(version, about = "Atiende: identity, notifications and payments for government agencies")]
+#[command(
+    version,
+    about = "Atiende: identity, notifications and payments for government agencies"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,20 +72,36 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Dev { data_dir, grpc_addr, http_addr } => {
-            let _telemetry =
-                atiende_platform::telemetry::init("atiende", &TelemetryConfig::default(), std::io::stdout)?;
+        Command::Dev {
+            data_dir,
+            grpc_addr,
+            http_addr,
+        } => {
+            let _telemetry = atiende_platform::telemetry::init(
+                "atiende",
+                &TelemetryConfig::default(),
+                std::io::stdout,
+            )?;
             let (trigger, shutdown) = atiende_platform::server::shutdown_channel();
             trigger.trigger_on_signals();
             let platform = DevPlatform::start(
-                DevOptions { data_dir: data_dir.clone(), grpc_addr, http_addr },
+                DevOptions {
+                    data_dir: data_dir.clone(),
+                    grpc_addr,
+                    http_addr,
+                },
                 shutdown,
             )
             .await?;
             print_banner(&platform, &data_dir);
             platform.wait().await
         }
-        Command::CreateAgency { name, operator, environment, config } => {
+        Command::CreateAgency {
+            name,
+            operator,
+            environment,
+            config,
+        } => {
             let environment = Environment::parse(&environment)
                 .ok_or_else(|| anyhow::anyhow!("--environment must be sandbox or live"))?;
             let config = atiende_platform::config::load(config.as_deref())?;
@@ -97,7 +116,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Healthcheck { addr, service } => {
             let serving = atiende::ops::healthcheck(&addr, &service).await?;
             println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
-            if serving { Ok(()) } else { std::process::exit(1) }
+            if serving {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
         }
         Command::Migrate { service, config } => {
             atiende::ops::migrate(&service, config.as_deref()).await?;

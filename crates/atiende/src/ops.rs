@@ -25,9 +25,11 @@ pub async fn create_agency(
     let (trigger, shutdown) = shutdown_channel();
     let identity = atiende_identity::Identity::open(config, shutdown).await?;
     let service = identity.service();
-    let agency = service.bootstrap_agency(display_name.clone(), operator).await?;
-    let client_name = DisplayName::parse(&format!("{} admin", display_name.as_str()))
-        .unwrap_or(display_name);
+    let agency = service
+        .bootstrap_agency(display_name.clone(), operator)
+        .await?;
+    let client_name =
+        DisplayName::parse(&format!("{} admin", display_name.as_str())).unwrap_or(display_name);
     let (client, secret) = service
         .bootstrap_client(
             &agency.agency_id,
@@ -53,12 +55,15 @@ pub async fn migrate(service: &str, config: Option<&std::path::Path>) -> anyhow:
             atiende_identity::store::MIGRATIONS,
         ),
         "notifications" => (
-            atiende_platform::config::load::<atiende_notifications::config::NotificationsConfig>(config)?
-                .storage,
+            atiende_platform::config::load::<atiende_notifications::config::NotificationsConfig>(
+                config,
+            )?
+            .storage,
             atiende_notifications::store::MIGRATIONS,
         ),
         "payments" => (
-            atiende_platform::config::load::<atiende_payments::config::PaymentsConfig>(config)?.storage,
+            atiende_platform::config::load::<atiende_payments::config::PaymentsConfig>(config)?
+                .storage,
             atiende_payments::store::MIGRATIONS,
         ),
         other => anyhow::bail!("unknown service {other}: use identity, notifications or payments"),

@@ -6,9 +6,16 @@ use reqwest::StatusCode;
 
 use crate::support::{Engine, TestApp, authed};
 
-pub async fn token_endpoint_accepts_basic_and_post_client_auth(engine: Engine) -> anyhow::Result<()> {
+pub async fn token_endpoint_accepts_basic_and_post_client_auth(
+    engine: Engine,
+) -> anyhow::Result<()> {
     let app = TestApp::spawn(engine).await?;
-    let agency = app.agency_with_client(&[Scope::PaymentsRead, Scope::PaymentsCreate], Environment::Sandbox).await?;
+    let agency = app
+        .agency_with_client(
+            &[Scope::PaymentsRead, Scope::PaymentsCreate],
+            Environment::Sandbox,
+        )
+        .await?;
     let url = format!("http://{}/oauth2/token", app.http_addr);
     let http = reqwest::Client::new();
 
@@ -43,7 +50,12 @@ pub async fn token_endpoint_accepts_basic_and_post_client_auth(engine: Engine) -
     // The HTTP token is the same kind of token: the gRPC API accepts it.
     let introspected = app
         .tokens()
-        .introspect_token(authed(pb::IntrospectTokenRequest { token: token.clone() }, &token))
+        .introspect_token(authed(
+            pb::IntrospectTokenRequest {
+                token: token.clone(),
+            },
+            &token,
+        ))
         .await?
         .into_inner();
     assert!(introspected.active);
@@ -53,71 +65,158 @@ pub async fn token_endpoint_accepts_basic_and_post_client_auth(engine: Engine) -
 
 pub async fn token_endpoint_errors_follow_rfc_6749(engine: Engine) -> anyhow::Result<()> {
     let app = TestApp::spawn(engine).await?;
-    let agency = app.agency_with_client(&[Scope::PaymentsRead], Environment::Live).await?;
+    let agency = app
+        .agency_with_client(&[Scope::PaymentsRead], Environment::Live)
+        .await?;
     let url = format!("http://{}/oauth2/token", app.http_addr);
     let http = reqwest::Client::new();
     let error_of = |response: reqwest::Response| async move {
         let status = response.status();
         let header = response.headers().get("www-authenticate").cloned();
         let body: serde_json::Value = response.json().await.unwrap();
-        (status, body["error"].as_str().unwrap_or_default().to_owned(), header)
+        (
+            status,
+            body["error"].as_str().unwrap_or_default().to_owned(),
+            header,
+        )
     };
 
     let (status, error, challenge) = error_of(
-        http.post(&url).basic_auth(&agency.client_id, Some("ats_wrong")).form(&[("grant_type", "client_credentials")]).send().await?,
-    )
-    .await;
-    assert_eq!((status, error.as_str()), (StatusCode::UNAUTHORIZED, "invalid_client"));
-    assert!(challenge.is_some(), "basic auth failures carry WWW-Authenticate");
-
-    let (status, error, _) = error_of(http.post(&url).form(&[("grant_type", "client_credentials")]).send().await?).await;
-    assert_eq!((status, error.as_str()), (StatusCode::UNAUTHORIZED, "invalid_client"));
-
-    let (status, error, _) = error_of(
-        http.post(&url).basic_auth(&agency.client_id, Some(&agency.client_secret)).form(&[("grant_type", "password")]).send().await?,
-    )
-    .await;
-    assert_eq!((status, error.as_str()), (StatusCode::BAD_REQUEST, "unsupported_grant_type"));
-
-    let (status, error, _) = error_of(
-        http.post(&url).basic_auth(&agency.client_id, Some(&agency.client_secret)).form(&[("grant_type", "client_credentials"), ("scope", "identity.admin")]).send().await?,
-    )
-    .await;
-    assert_eq!((status, error.as_str()), (StatusCode::BAD_REQUEST, "invalid_scope"));
-
-    let (status, error, _) = error_of(
-        http.post(&url).basic_auth(&agency.client_id, Some(&agency.client_secret)).form(&[("grant_type", "client_credentials"), ("scope", "bogus")]).send().await?,
-    )
-    .await;
-    assert_eq!((status, error.as_str()), (StatusCode::BAD_REQUEST, "invalid_scope"));
-
-    let (status, error, _) = error_of(
         http.post(&url)
-            .basic_auth(&agency.client_id, Some(&agency.client_secret))
-            .form(&[("grant_type", "client_credentials"), ("client_id", agency.client_id.as_str()), ("client_secret", agency.client_secret.as_str())])
+            .basic_auth(&agency.client_id, Some("ats_wrong"))
+            .form(&[("grant_type", "client_credentials")])
             .send()
             .await?,
     )
     .await;
-    assert_eq!((status, error.as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid_client")
+    );
+    assert!(
+        challenge.is_some(),
+        "basic auth failures carry WWW-Authenticate"
+    );
 
-    let (status, error, _) = error_of(http.post(&url).body("{}").header("content-type", "application/json").send().await?).await;
-    assert_eq!((status, error.as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
+    let (status, error, _) = error_of(
+        http.post(&url)
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid_client")
+    );
+
+    let (status, error, _) = error_of(
+        http.post(&url)
+            .basic_auth(&agency.client_id, Some(&agency.client_secret))
+            .form(&[("grant_type", "password")])
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::BAD_REQUEST, "unsupported_grant_type")
+    );
+
+    let (status, error, _) = error_of(
+        http.post(&url)
+            .basic_auth(&agency.client_id, Some(&agency.client_secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "identity.admin"),
+            ])
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_scope")
+    );
+
+    let (status, error, _) = error_of(
+        http.post(&url)
+            .basic_auth(&agency.client_id, Some(&agency.client_secret))
+            .form(&[("grant_type", "client_credentials"), ("scope", "bogus")])
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_scope")
+    );
+
+    let (status, error, _) = error_of(
+        http.post(&url)
+            .basic_auth(&agency.client_id, Some(&agency.client_secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", agency.client_id.as_str()),
+                ("client_secret", agency.client_secret.as_str()),
+            ])
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+
+    let (status, error, _) = error_of(
+        http.post(&url)
+            .body("{}")
+            .header("content-type", "application/json")
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
     Ok(())
 }
 
 pub async fn discovery_and_jwks_are_served(engine: Engine) -> anyhow::Result<()> {
     let app = TestApp::spawn(engine).await?;
     let base = format!("http://{}", app.http_addr);
-    let discovery: serde_json::Value = reqwest::get(format!("{base}/.well-known/openid-configuration")).await?.json().await?;
+    let discovery: serde_json::Value =
+        reqwest::get(format!("{base}/.well-known/openid-configuration"))
+            .await?
+            .json()
+            .await?;
     assert_eq!(discovery["issuer"], base.as_str());
-    assert_eq!(discovery["token_endpoint"], format!("{base}/oauth2/token").as_str());
-    assert_eq!(discovery["jwks_uri"], format!("{base}/.well-known/jwks.json").as_str());
+    assert_eq!(
+        discovery["token_endpoint"],
+        format!("{base}/oauth2/token").as_str()
+    );
+    assert_eq!(
+        discovery["jwks_uri"],
+        format!("{base}/.well-known/jwks.json").as_str()
+    );
     let response = reqwest::get(format!("{base}/.well-known/jwks.json")).await?;
-    assert!(response.headers()["cache-control"].to_str()?.contains("max-age=300"));
+    assert!(
+        response.headers()["cache-control"]
+            .to_str()?
+            .contains("max-age=300")
+    );
     let jwks: serde_json::Value = response.json().await?;
     let key = &jwks["keys"][0];
-    assert_eq!((key["kty"].as_str(), key["crv"].as_str(), key["alg"].as_str()), (Some("EC"), Some("P-256"), Some("ES256")));
+    assert_eq!(
+        (
+            key["kty"].as_str(),
+            key["crv"].as_str(),
+            key["alg"].as_str()
+        ),
+        (Some("EC"), Some("P-256"), Some("ES256"))
+    );
     assert!(key.get("d").is_none(), "no private part is ever published");
     Ok(())
 }

@@ -5,10 +5,17 @@ use atiende_proto::identity::v1 as pb;
 
 use crate::support::{Engine, TestApp, authed, captured_logs};
 
-pub async fn secrets_and_tokens_never_appear_in_logs_or_errors(engine: Engine) -> anyhow::Result<()> {
+pub async fn secrets_and_tokens_never_appear_in_logs_or_errors(
+    engine: Engine,
+) -> anyhow::Result<()> {
     let app = TestApp::spawn(engine).await?;
-    let agency = app.agency_with_client(&[Scope::IdentityAdmin], Environment::Live).await?;
-    let mut secrets = vec![agency.client_secret.clone(), app.operator.client_secret.clone()];
+    let agency = app
+        .agency_with_client(&[Scope::IdentityAdmin], Environment::Live)
+        .await?;
+    let mut secrets = vec![
+        agency.client_secret.clone(),
+        app.operator.client_secret.clone(),
+    ];
     let token = app.token(&agency).await?;
     secrets.push(token.clone());
 
@@ -28,7 +35,12 @@ pub async fn secrets_and_tokens_never_appear_in_logs_or_errors(engine: Engine) -
     let client_id = created.client.as_ref().unwrap().client_id.clone();
     let rotated = app
         .agencies()
-        .rotate_client_secret(authed(pb::RotateClientSecretRequest { client_id: client_id.clone() }, &token))
+        .rotate_client_secret(authed(
+            pb::RotateClientSecretRequest {
+                client_id: client_id.clone(),
+            },
+            &token,
+        ))
         .await?
         .into_inner();
     secrets.push(rotated.client_secret.clone());
@@ -40,16 +52,35 @@ pub async fn secrets_and_tokens_never_appear_in_logs_or_errors(engine: Engine) -
     secrets.push(wrong.clone());
     let status = app
         .tokens()
-        .issue_token(pb::IssueTokenRequest { client_id: agency.client_id.clone(), client_secret: wrong.clone(), scopes: vec![] })
+        .issue_token(pb::IssueTokenRequest {
+            client_id: agency.client_id.clone(),
+            client_secret: wrong.clone(),
+            scopes: vec![],
+        })
         .await
         .unwrap_err();
     let mut messages = vec![status.message().to_owned()];
     let garbage = "eyJhbGciOiJIUzI1NiJ9.eyJzZWNyZXQiOiJ4In0.c2VjcmV0LXNpZ25hdHVyZQ".to_owned();
     secrets.push(garbage.clone());
-    let status = app.agencies().list_clients(authed(pb::ListClientsRequest::default(), &garbage)).await.unwrap_err();
+    let status = app
+        .agencies()
+        .list_clients(authed(pb::ListClientsRequest::default(), &garbage))
+        .await
+        .unwrap_err();
     messages.push(status.message().to_owned());
-    app.tokens().revoke_token(authed(pb::RevokeTokenRequest { token: token.clone() }, &token)).await?;
-    let status = app.agencies().list_clients(authed(pb::ListClientsRequest::default(), &token)).await.unwrap_err();
+    app.tokens()
+        .revoke_token(authed(
+            pb::RevokeTokenRequest {
+                token: token.clone(),
+            },
+            &token,
+        ))
+        .await?;
+    let status = app
+        .agencies()
+        .list_clients(authed(pb::ListClientsRequest::default(), &token))
+        .await
+        .unwrap_err();
     messages.push(status.message().to_owned());
     let http_body = reqwest::Client::new()
         .post(format!("http://{}/oauth2/token", app.http_addr))
@@ -62,14 +93,23 @@ pub async fn secrets_and_tokens_never_appear_in_logs_or_errors(engine: Engine) -
     messages.push(http_body);
 
     let logs = captured_logs();
-    assert!(logs.contains(&client_id), "the capture works: ids are logged");
+    assert!(
+        logs.contains(&client_id),
+        "the capture works: ids are logged"
+    );
     for secret in &secrets {
-        assert!(!logs.contains(secret.as_str()), "a secret or token was logged");
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret or token was logged"
+        );
         // Also no recognisable part of it (the signature of a token, say).
         let tail = &secret[secret.len().saturating_sub(24)..];
         assert!(!logs.contains(tail), "part of a secret or token was logged");
         for message in &messages {
-            assert!(!message.contains(tail), "an error message carries a secret: {message}");
+            assert!(
+                !message.contains(tail),
+                "an error message carries a secret: {message}"
+            );
         }
     }
     Ok(())

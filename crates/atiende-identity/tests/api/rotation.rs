@@ -20,7 +20,10 @@ async fn wait_for_signing_key(app: &TestApp, wanted: &str) -> anyhow::Result<Str
         if kid(&token) == wanted {
             return Ok(token);
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "key {wanted} never signed");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "key {wanted} never signed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -40,7 +43,13 @@ fn http_verifier(app: &TestApp, min_refresh_interval: Duration) -> TokenVerifier
 pub async fn next_key_is_published_before_it_signs_and_old_tokens_keep_verifying(
     engine: Engine,
 ) -> anyhow::Result<()> {
-    let app = TestApp::spawn_with(engine, AppOptions { next_key_lead: Duration::from_secs(1) }).await?;
+    let app = TestApp::spawn_with(
+        engine,
+        AppOptions {
+            next_key_lead: Duration::from_secs(1),
+        },
+    )
+    .await?;
     let before = app.token(&app.operator).await?;
     let old_kid = kid(&before);
 
@@ -53,18 +62,37 @@ pub async fn next_key_is_published_before_it_signs_and_old_tokens_keep_verifying
     assert_ne!(next_kid, old_kid);
     assert!(rotated.activate_time.unwrap().seconds >= atiende_platform::auth::unix_now());
     // Published at once, over gRPC and HTTP, next to the current key.
-    let published: Vec<String> = rotated.published_keys.iter().map(|k| k.kid.clone()).collect();
+    let published: Vec<String> = rotated
+        .published_keys
+        .iter()
+        .map(|k| k.kid.clone())
+        .collect();
     assert_eq!(published, [next_kid.clone(), old_kid.clone()]);
-    let http: serde_json::Value = reqwest::get(format!("http://{}/.well-known/jwks.json", app.http_addr)).await?.json().await?;
-    let http_kids: Vec<&str> = http["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    let http: serde_json::Value =
+        reqwest::get(format!("http://{}/.well-known/jwks.json", app.http_addr))
+            .await?
+            .json()
+            .await?;
+    let http_kids: Vec<&str> = http["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
     assert_eq!(http_kids, [next_kid.as_str(), old_kid.as_str()]);
 
     let after = wait_for_signing_key(&app, &next_kid).await?;
     // Both tokens work; the old key stays published until its tokens expire.
     for token in [&before, &after] {
-        app.agencies().list_clients(authed(pb::ListClientsRequest::default(), token)).await?;
+        app.agencies()
+            .list_clients(authed(pb::ListClientsRequest::default(), token))
+            .await?;
     }
-    let jwks = app.tokens().get_jwks(pb::GetJwksRequest {}).await?.into_inner();
+    let jwks = app
+        .tokens()
+        .get_jwks(pb::GetJwksRequest {})
+        .await?
+        .into_inner();
     assert!(jwks.keys.iter().any(|k| k.kid == old_kid));
     Ok(())
 }
@@ -72,7 +100,13 @@ pub async fn next_key_is_published_before_it_signs_and_old_tokens_keep_verifying
 pub async fn verifier_with_stale_cache_picks_up_new_key_without_restart(
     engine: Engine,
 ) -> anyhow::Result<()> {
-    let app = TestApp::spawn_with(engine, AppOptions { next_key_lead: Duration::from_secs(1) }).await?;
+    let app = TestApp::spawn_with(
+        engine,
+        AppOptions {
+            next_key_lead: Duration::from_secs(1),
+        },
+    )
+    .await?;
     let eager = http_verifier(&app, Duration::ZERO);
     let rate_limited = http_verifier(&app, Duration::from_secs(3600));
     let before = app.token(&app.operator).await?;
@@ -92,6 +126,9 @@ pub async fn verifier_with_stale_cache_picks_up_new_key_without_restart(
     assert_eq!(caller.client_id, app.operator.client_id);
     eager.verify(&before).await?;
     // ...but no more often than its minimum refresh interval allows.
-    assert_eq!(rate_limited.verify(&after).await.unwrap_err(), AuthError::UnknownKey);
+    assert_eq!(
+        rate_limited.verify(&after).await.unwrap_err(),
+        AuthError::UnknownKey
+    );
     Ok(())
 }

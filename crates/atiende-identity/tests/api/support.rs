@@ -14,7 +14,9 @@ use atiende_identity::domain::DisplayName;
 use atiende_identity::keys::KeyEncryptionKey;
 use atiende_platform::auth::{Environment, Scope, ScopeSet};
 use atiende_platform::config::{GrpcConfig, HttpConfig, StorageConfig};
-use atiende_platform::server::{GrpcServices, ShutdownTrigger, serve_grpc, serve_http, shutdown_channel};
+use atiende_platform::server::{
+    GrpcServices, ShutdownTrigger, serve_grpc, serve_http, shutdown_channel,
+};
 use atiende_platform::storage::{Database, testing};
 use atiende_proto::identity::v1 as pb;
 use pb::agency_service_client::AgencyServiceClient;
@@ -113,8 +115,8 @@ pub fn install_log_capture() {
         log_format: atiende_platform::telemetry::LogFormat::Json,
         log_filter: "debug,h2=info,hyper=info,hyper_util=info,tower=info,sqlx=debug".to_owned(),
     };
-    let guard = atiende_platform::telemetry::init("identity-tests", &config, move || CaptureWriter {
-        echo,
+    let guard = atiende_platform::telemetry::init("identity-tests", &config, move || {
+        CaptureWriter { echo }
     })
     .unwrap();
     std::mem::forget(guard);
@@ -206,9 +208,21 @@ impl TestApp {
         let grpc_config = config.grpc.clone();
         let grpc_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            serve_grpc(grpc_listener, services, verifier, &grpc_config, grpc_shutdown).await
+            serve_grpc(
+                grpc_listener,
+                services,
+                verifier,
+                &grpc_config,
+                grpc_shutdown,
+            )
+            .await
         });
-        tokio::spawn(serve_http(http_listener, identity.http_router(), Duration::ZERO, shutdown));
+        tokio::spawn(serve_http(
+            http_listener,
+            identity.http_router(),
+            Duration::ZERO,
+            shutdown,
+        ));
 
         let service = identity.service();
         let agency = service
@@ -226,7 +240,6 @@ impl TestApp {
             .connect()
             .await?;
         Ok(Self {
-
             http_addr,
             identity: identity.clone(),
             operator: Credentials {
@@ -268,7 +281,10 @@ impl TestApp {
     ) -> anyhow::Result<Credentials> {
         let service = self.identity.service();
         let agency = service
-            .bootstrap_agency(DisplayName::parse("Municipalidad de Prueba").unwrap(), false)
+            .bootstrap_agency(
+                DisplayName::parse("Municipalidad de Prueba").unwrap(),
+                false,
+            )
             .await?;
         let (client, secret) = service
             .bootstrap_client(
