@@ -1,1 +1,346 @@
-fn main() {}
+//! `atiende-bench`: Atiende's load generator.
+//!
+//! N connections × M requests in flight for a fixed duration, against a
+//! running server; latencies in an HDR histogram. Scenarios:
+//! - `health`: `grpc.health.v1.Health/Check`, the gRPC ceiling of the server;
+//! - `identity.issue-token`: `TokenService/IssueToken` (client credentials);
+//! - `identity.introspect`: `TokenService/IntrospectToken`;
+//! - `all`: each of the above at full speed, then each again paced at half
+//!   its measured maximum, with ratios against `health` from the same run.
+//!
+//! Credentials come from `--credentials` (the `dev-credentials.json` that
+//! `atiende dev` writes) or `--client-id`/`--client-secret`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use atiende_proto::identity::v1 as pb;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+#[derive(Parser, Clone)]
+#[command(version, about = "Atiende load generator")]
+struct Args {
+    /// health, identity.issue-token, identity.introspect, or all.
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// The server's gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// HTTP/2 connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Unmeasured seconds before each run.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Pace the run to this many requests per second in total (0: as fast
+    /// as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// A dev-credentials.json written by `atiende dev`.
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    #[arg(long, env = "ATIENDE_CLIENT_ID")]
+    client_id: Option<String>,
+    #[arg(long, env = "ATIENDE_CLIENT_SECRET")]
+    client_secret: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct DevCredentials {
+    client_id: String,
+    client_secret: String,
+}
+
+/// One kind of request.
+#[derive(Clone)]
+enum Scenario {
+    Health,
+    IssueToken {
+        client_id: String,
+        client_secret: String,
+    },
+    Introspect {
+        token: String,
+    },
+}
+
+impl Scenario {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Health => "health",
+            Self::IssueToken { .. } => "identity.issue-token",
+            Self::Introspect { .. } => "identity.introspect",
+        }
+    }
+
+    async fn call(&self, channel: &Channel) -> Result<(), tonic::Status> {
+        match self {
+            Self::Health => {
+                HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?;
+            }
+            Self::IssueToken {
+                client_id,
+                client_secret,
+            } => {
+                pb::token_service_client::TokenServiceClient::new(channel.clone())
+                    .issue_token(pb::IssueTokenRequest {
+                        client_id: client_id.clone(),
+                        client_secret: client_secret.clone(),
+                        scopes: vec![],
+                    })
+                    .await?;
+            }
+            Self::Introspect { token } => {
+                let mut request = tonic::Request::new(pb::IntrospectTokenRequest {
+                    token: token.clone(),
+                });
+                let bearer = format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| tonic::Status::internal("token is not a header value"))?;
+                request.metadata_mut().insert("authorization", bearer);
+                let response = pb::token_service_client::TokenServiceClient::new(channel.clone())
+                    .introspect_token(request)
+                    .await?;
+                if !response.get_ref().active {
+                    return Err(tonic::Status::failed_precondition(
+                        "token reported inactive",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one run measured.
+struct Report {
+    scenario: &'static str,
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+    first_error: Option<String>,
+}
+
+impl Report {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn quantile_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    fn print(&self, label: &str) {
+        println!(
+            "{:<22} {:<10} {:>10.0} req/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  max {:>7.2} ms  errors {}",
+            self.scenario,
+            label,
+            self.rate(),
+            self.quantile_ms(0.50),
+            self.quantile_ms(0.90),
+            self.quantile_ms(0.99),
+            self.quantile_ms(0.999),
+            self.latency_us.max() as f64 / 1000.0,
+            self.errors,
+        );
+        if let Some(error) = &self.first_error {
+            println!("  first error: {error}");
+        }
+    }
+}
+
+async fn connect(target: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
+        let channel = Endpoint::from_shared(target.to_owned())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {target}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// Runs `scenario` on every connection with `in_flight` workers each, for
+/// warm-up plus duration; `rate` > 0 paces the workers.
+async fn run(
+    args: &Args,
+    channels: &[Channel],
+    scenario: &Scenario,
+    rate: u64,
+) -> anyhow::Result<Report> {
+    let workers = channels.len() * args.in_flight.max(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let interval = (rate > 0).then(|| Duration::from_secs_f64(workers as f64 / rate as f64));
+    let mut tasks = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let channel = channels[worker % channels.len()].clone();
+        let scenario = scenario.clone();
+        let (stop, measuring) = (stop.clone(), measuring.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let (mut requests, mut errors, mut first_error) = (0u64, 0u64, None);
+            // Workers start spread over one interval, so that a paced run
+            // is a steady stream, not bursts of every worker at once.
+            let mut ticker = interval.map(|every| {
+                let offset = every.mul_f64(worker as f64 / workers as f64);
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(ticker) = ticker.as_mut() {
+                    ticker.tick().await;
+                }
+                let started = Instant::now();
+                let result = scenario.call(&channel).await;
+                if measuring.load(Ordering::Relaxed) {
+                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    histogram.saturating_record(micros.max(1));
+                    requests += 1;
+                    if let Err(status) = result {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| {
+                            format!("{:?}: {}", status.code(), status.message())
+                        });
+                    }
+                }
+            }
+            anyhow::Ok((histogram, requests, errors, first_error))
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+
+    let mut report = Report {
+        scenario: scenario.name(),
+        requests: 0,
+        errors: 0,
+        elapsed,
+        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        first_error: None,
+    };
+    for task in tasks {
+        let (histogram, requests, errors, first_error) = task.await??;
+        report.latency_us.add(histogram)?;
+        report.requests += requests;
+        report.errors += errors;
+        if report.first_error.is_none() {
+            report.first_error = first_error;
+        }
+    }
+    Ok(report)
+}
+
+fn credentials(args: &Args) -> anyhow::Result<(String, String)> {
+    if let Some(path) = &args.credentials {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let saved: DevCredentials = serde_json::from_str(&text)?;
+        return Ok((saved.client_id, saved.client_secret));
+    }
+    match (&args.client_id, &args.client_secret) {
+        (Some(id), Some(secret)) => Ok((id.clone(), secret.clone())),
+        _ => anyhow::bail!(
+            "identity scenarios need --credentials or --client-id and --client-secret"
+        ),
+    }
+}
+
+async fn scenarios(args: &Args, channels: &[Channel]) -> anyhow::Result<Vec<Scenario>> {
+    let wanted: Vec<&str> = match args.scenario.as_str() {
+        "all" => vec!["health", "identity.issue-token", "identity.introspect"],
+        one => vec![one],
+    };
+    let mut out = Vec::new();
+    for name in wanted {
+        out.push(match name {
+            "health" => Scenario::Health,
+            "identity.issue-token" | "identity.introspect" => {
+                let (client_id, client_secret) = credentials(args)?;
+                if name == "identity.issue-token" {
+                    Scenario::IssueToken {
+                        client_id,
+                        client_secret,
+                    }
+                } else {
+                    let token =
+                        pb::token_service_client::TokenServiceClient::new(channels[0].clone())
+                            .issue_token(pb::IssueTokenRequest {
+                                client_id,
+                                client_secret,
+                                scopes: vec![],
+                            })
+                            .await?
+                            .into_inner()
+                            .access_token;
+                    Scenario::Introspect { token }
+                }
+            }
+            other => anyhow::bail!("unknown scenario {other}"),
+        });
+    }
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let channels = connect(&args.target, args.connections).await?;
+    let scenarios = scenarios(&args, &channels).await?;
+    println!(
+        "target {}  connections {}  in-flight/connection {}  duration {} s (+{} s warm-up)",
+        args.target, args.connections, args.in_flight, args.duration, args.warmup
+    );
+    let mut maxima = Vec::new();
+    for scenario in &scenarios {
+        let report = run(&args, &channels, scenario, args.rate).await?;
+        report.print(if args.rate > 0 { "paced" } else { "max" });
+        maxima.push((scenario.clone(), report.rate()));
+    }
+    if args.scenario == "all" && args.rate == 0 {
+        let ceiling = maxima.first().map(|(_, rate)| *rate).unwrap_or(1.0);
+        println!("\nratios against the health ceiling of this run:");
+        for (scenario, rate) in &maxima {
+            println!(
+                "  {:<22} {:>6.1} %",
+                scenario.name(),
+                100.0 * rate / ceiling
+            );
+        }
+        println!("\nat half of each maximum rate:");
+        for (scenario, rate) in &maxima {
+            // Truncation to whole requests per second is intended.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let half = (rate / 2.0) as u64;
+            let report = run(&args, &channels, scenario, half.max(1)).await?;
+            report.print(&format!("@{half}/s"));
+        }
+    }
+    Ok(())
+}

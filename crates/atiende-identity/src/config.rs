@@ -45,6 +45,11 @@ pub struct TokenConfig {
     /// instances). Must be well below `next_key_lead_ms`.
     #[serde(with = "millis")]
     pub key_reload_interval_ms: Duration,
+    /// How long client credentials read from the database are reused by
+    /// IssueToken; a secret rotated or a client disabled on another instance
+    /// takes effect here within this time. 0 disables the cache.
+    #[serde(with = "millis")]
+    pub credential_cache_ttl_ms: Duration,
     /// How often an instance reads revocations made by other instances.
     #[serde(with = "millis")]
     pub revocation_poll_interval_ms: Duration,
@@ -61,6 +66,7 @@ impl Default for TokenConfig {
             jwks_max_age_ms: Duration::from_secs(300),
             key_reload_interval_ms: Duration::from_secs(30),
             revocation_poll_interval_ms: Duration::from_secs(1),
+            credential_cache_ttl_ms: Duration::from_secs(1),
         }
     }
 }

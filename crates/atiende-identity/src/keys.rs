@@ -9,6 +9,10 @@
 //! activation plus the token lifetime (and a minute of grace). Which key
 //! signs and which are published is derived from the activation times alone;
 //! nothing else is stored.
+//!
+//! Signing uses aws-lc-rs directly on a key pair parsed once, rather than
+//! `jsonwebtoken::encode`, which parses the private key again on every call
+//! (about 1.7 times slower). Verification everywhere uses `jsonwebtoken`.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -22,7 +26,6 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPai
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::IdentityError;
@@ -92,7 +95,52 @@ struct SigningKey {
     activate_time: i64,
     x: String,
     y: String,
-    encoding: EncodingKey,
+    /// `None` only in tests of the rotation policy.
+    pair: Option<EcdsaKeyPair>,
+    /// The JWS header `{"alg":"ES256","kid":…,"typ":"at+jwt"}`, base64url.
+    header_b64: String,
+}
+
+impl SigningKey {
+    fn new(
+        kid: String,
+        activate_time: i64,
+        x: String,
+        y: String,
+        pair: Option<EcdsaKeyPair>,
+    ) -> Self {
+        let header = serde_json::json!({ "alg": "ES256", "kid": kid, "typ": "at+jwt" });
+        let header_b64 = URL_SAFE_NO_PAD.encode(header.to_string());
+        Self {
+            kid,
+            activate_time,
+            x,
+            y,
+            pair,
+            header_b64,
+        }
+    }
+
+    /// A compact JWS (RFC 7515) of the claims: ES256 signatures are the
+    /// fixed-width `r || s` that aws-lc-rs produces.
+    fn sign(
+        &self,
+        claims: &AccessTokenClaims,
+        rng: &SystemRandom,
+    ) -> Result<String, IdentityError> {
+        let pair = self.pair.as_ref().ok_or(IdentityError::Crypto)?;
+        let payload = serde_json::to_vec(claims).map_err(|_| IdentityError::Crypto)?;
+        let mut token = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 100);
+        token.push_str(&self.header_b64);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+        let signature = pair
+            .sign(rng, token.as_bytes())
+            .map_err(|_| IdentityError::Crypto)?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+        Ok(token)
+    }
 }
 
 /// A published public key.
@@ -143,6 +191,7 @@ pub struct Keys {
     db: Database,
     kek: KeyEncryptionKey,
     ring: RwLock<Arc<KeyRing>>,
+    rng: SystemRandom,
     token_ttl_micros: i64,
     next_key_lead: Duration,
 }
@@ -159,6 +208,7 @@ impl Keys {
             db,
             kek,
             ring: RwLock::new(Arc::new(KeyRing(Vec::new()))),
+            rng: SystemRandom::new(),
             token_ttl_micros: micros(token_ttl),
             next_key_lead,
         };
@@ -177,13 +227,15 @@ impl Keys {
         let mut keys = Vec::with_capacity(rows.len());
         for row in rows {
             let der = self.kek.open(&row.kid, &row.private_key_sealed)?;
-            keys.push(SigningKey {
-                kid: row.kid,
-                activate_time: row.activate_time,
-                x: row.public_x,
-                y: row.public_y,
-                encoding: EncodingKey::from_ec_der(&der),
-            });
+            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+                .map_err(|_| IdentityError::Keys("a stored signing key does not parse".into()))?;
+            keys.push(SigningKey::new(
+                row.kid,
+                row.activate_time,
+                row.public_x,
+                row.public_y,
+                Some(pair),
+            ));
         }
         *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(KeyRing(keys));
         Ok(())
@@ -217,10 +269,7 @@ impl Keys {
         let key = ring
             .signer(now_micros())
             .ok_or_else(|| IdentityError::Keys("no signing key".into()))?;
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(key.kid.clone());
-        header.typ = Some("at+jwt".to_owned());
-        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|_| IdentityError::Crypto)
+        key.sign(claims, &self.rng)
     }
 
     /// The published keys, newest first.
@@ -305,13 +354,13 @@ mod tests {
     use super::*;
 
     fn key(kid: &str, activate_time: i64) -> SigningKey {
-        SigningKey {
-            kid: kid.into(),
+        SigningKey::new(
+            kid.into(),
             activate_time,
-            x: String::new(),
-            y: String::new(),
-            encoding: EncodingKey::from_secret(b"unused"),
-        }
+            String::new(),
+            String::new(),
+            None,
+        )
     }
 
     #[test]

@@ -94,6 +94,7 @@ impl Identity {
             db: db.clone(),
             keys: keys.clone(),
             revocations: revocations.clone(),
+            credentials: service::CredentialCache::new(config.tokens.credential_cache_ttl_ms),
             verifier,
             issuer,
             audience: config.tokens.audience.clone(),

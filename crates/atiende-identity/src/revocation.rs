@@ -48,6 +48,16 @@ impl Revocations {
         self.write().clients.insert(client_id.to_owned(), until);
     }
 
+    /// Whether the client was disabled (here or, within a poll interval, on
+    /// another instance).
+    pub fn client_revoked(&self, client_id: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clients
+            .contains_key(client_id)
+    }
+
     /// Reads revocations recorded since the last poll, and forgets expired ones.
     pub async fn poll(&self, db: &Database) -> Result<(), IdentityError> {
         let since = {

@@ -1,8 +1,9 @@
 //! What the identity service does, in domain terms. The gRPC and HTTP
 //! adapters parse requests into these calls and render their results.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use atiende_platform::auth::{
     AccessTokenClaims, AuthError, Caller, Environment, Scope, ScopeSet, TokenVerifier, unix_now,
@@ -13,7 +14,7 @@ use atiende_platform::storage::{Database, now_micros};
 
 use crate::domain::{
     AGENCY_ID_PREFIX, Agency, CLIENT_ID_PREFIX, Client, ClientSecret, ClientState, DisplayName,
-    IdentityError,
+    IdentityError, SecretHash,
 };
 use crate::keys::{Keys, PublicKey};
 use crate::revocation::Revocations;
@@ -33,10 +34,67 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// Client credentials recently read from the database, so that a client
+/// asking for tokens again and again costs no query each time. Entries live
+/// `ttl` (1 s by default); this instance forgets a client at once when it
+/// rotates its secret or disables it, and other instances within the TTL —
+/// the same bound as revocations.
+pub(crate) struct CredentialCache {
+    ttl: Duration,
+    entries: RwLock<HashMap<String, (Instant, Arc<Credentials>)>>,
+}
+
+/// A client and the hash of its secret.
+type Credentials = (Client, SecretHash);
+
+const CREDENTIAL_CACHE_CAPACITY: usize = 10_000;
+
+impl CredentialCache {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, client_id: &str) -> Option<Arc<Credentials>> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(client_id)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, credentials)| credentials.clone())
+    }
+
+    fn put(&self, credentials: Arc<Credentials>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= CREDENTIAL_CACHE_CAPACITY {
+            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            if entries.len() >= CREDENTIAL_CACHE_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            credentials.0.client_id.clone(),
+            (Instant::now(), credentials),
+        );
+    }
+
+    fn forget(&self, client_id: &str) {
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(client_id);
+    }
+}
+
 pub struct IdentityService {
     pub(crate) db: Database,
     pub(crate) keys: Arc<Keys>,
     pub(crate) revocations: Arc<Revocations>,
+    pub(crate) credentials: CredentialCache,
     pub(crate) verifier: Arc<TokenVerifier>,
     pub(crate) issuer: String,
     pub(crate) audience: String,
@@ -159,6 +217,7 @@ impl IdentityService {
         let secret = ClientSecret::generate()?;
         let now = now_micros();
         store::update_client_secret(&self.db, &client.client_id, &secret.hash(), now).await?;
+        self.credentials.forget(&client.client_id);
         client.secret_rotate_time = now;
         tracing::info!(client_id = %client.client_id, "client secret rotated");
         Ok((client, secret))
@@ -176,6 +235,7 @@ impl IdentityService {
             let until = now.saturating_add(micros(self.token_ttl) + 60_000_000);
             store::disable_client(&self.db, &client, until, now).await?;
             self.revocations.record_client(&client.client_id, until);
+            self.credentials.forget(&client.client_id);
             client.state = ClientState::Disabled;
             tracing::info!(client_id = %client.client_id, "client disabled");
         }
@@ -189,10 +249,21 @@ impl IdentityService {
         client_secret: &str,
         requested: Option<ScopeSet>,
     ) -> Result<IssuedToken, IdentityError> {
-        let (client, hash) = store::get_client_credentials(&self.db, client_id)
-            .await?
-            .ok_or(IdentityError::InvalidClientCredentials)?;
-        if !hash.matches(client_secret) || client.state != ClientState::Active {
+        let credentials = match self.credentials.get(client_id) {
+            Some(cached) => cached,
+            None => {
+                let loaded = store::get_client_credentials(&self.db, client_id)
+                    .await?
+                    .ok_or(IdentityError::InvalidClientCredentials)?;
+                let loaded = Arc::new(loaded);
+                self.credentials.put(loaded.clone());
+                loaded
+            }
+        };
+        let (client, hash) = (&credentials.0, &credentials.1);
+        let usable = client.state == ClientState::Active
+            && !self.revocations.client_revoked(&client.client_id);
+        if !hash.matches(client_secret) || !usable {
             return Err(IdentityError::InvalidClientCredentials);
         }
         let scopes = match requested {

@@ -360,8 +360,10 @@ impl JwksSource for IdentityJwks {
     fn fetch(&self) -> BoxFuture<'_, Result<JwkSet, JwksError>> {
         Box::pin(async move {
             let mut client = self.client.clone();
+            let mut request = tonic::Request::new(atiende_proto::identity::v1::GetJwksRequest {});
+            crate::telemetry::inject_trace_context(request.metadata_mut());
             let response = client
-                .get_jwks(atiende_proto::identity::v1::GetJwksRequest {})
+                .get_jwks(request)
                 .await
                 .map_err(|status| JwksError(status.message().to_owned()))?
                 .into_inner();

@@ -228,16 +228,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_owned();
-        let parent = global::get_text_map_propagator(|propagator| {
-            propagator.extract(&HeaderExtractor(request.headers()))
-        });
-        let span = tracing::info_span!(
-            "grpc.request",
-            otel.name = %path,
-            otel.kind = "server",
-            rpc.system = "grpc",
-        );
-        let _ = span.set_parent(parent);
+        let span = server_span(&path, request.headers());
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(
@@ -249,5 +240,63 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// The span of one incoming request, continuing the caller's trace when its
+/// metadata carries a W3C `traceparent`.
+fn server_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let parent =
+        global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.name = %path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+    );
+    let _ = span.set_parent(parent);
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    #[test]
+    fn incoming_traceparent_is_continued_in_outgoing_metadata() {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "traceparent",
+                format!("00-{trace_id}-00f067aa0ba902b7-01")
+                    .parse()
+                    .unwrap(),
+            );
+            let span = server_span("/atiende.identity.v1.TokenService/GetJwks", &headers);
+            let _entered = span.enter();
+            assert_eq!(
+                span.context().span().span_context().trace_id().to_string(),
+                trace_id
+            );
+            let mut outgoing = tonic::metadata::MetadataMap::new();
+            inject_trace_context(&mut outgoing);
+            let traceparent = outgoing.get("traceparent").unwrap().to_str().unwrap();
+            assert!(
+                traceparent.starts_with(&format!("00-{trace_id}-")),
+                "{traceparent}"
+            );
+            assert!(
+                !traceparent.contains("00f067aa0ba902b7"),
+                "a new span id, same trace"
+            );
+        });
     }
 }
