@@ -42,6 +42,10 @@ pub struct Page<T> {
 pub(crate) struct CredentialCache {
     ttl: Duration,
     entries: RwLock<HashMap<String, (Instant, Arc<Credentials>)>>,
+    /// One database read at a time: when an entry expires under load, the
+    /// first caller reads it again and the others wait for that read,
+    /// instead of all of them queueing queries.
+    loading: tokio::sync::Mutex<()>,
 }
 
 /// A client and the hash of its secret.
@@ -54,6 +58,7 @@ impl CredentialCache {
         Self {
             ttl,
             entries: RwLock::new(HashMap::new()),
+            loading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -251,14 +256,7 @@ impl IdentityService {
     ) -> Result<IssuedToken, IdentityError> {
         let credentials = match self.credentials.get(client_id) {
             Some(cached) => cached,
-            None => {
-                let loaded = store::get_client_credentials(&self.db, client_id)
-                    .await?
-                    .ok_or(IdentityError::InvalidClientCredentials)?;
-                let loaded = Arc::new(loaded);
-                self.credentials.put(loaded.clone());
-                loaded
-            }
+            None => self.load_credentials(client_id).await?,
         };
         let (client, hash) = (&credentials.0, &credentials.1);
         let usable = client.state == ClientState::Active
@@ -287,7 +285,9 @@ impl IdentityService {
             iat: now,
             nbf: now,
             exp: now + ttl,
-            jti: uuid::Uuid::new_v4().simple().to_string(),
+            // 128 random bits from the thread's userspace CSPRNG: no system
+            // call per token (uuid's v4 asks the kernel every time).
+            jti: format!("{:032x}", rand::random::<u128>()),
         };
         let access_token = self.keys.sign(&claims)?;
         Ok(IssuedToken {
@@ -296,6 +296,19 @@ impl IdentityService {
             expires_in: ttl,
             expire_time: claims.exp,
         })
+    }
+
+    async fn load_credentials(&self, client_id: &str) -> Result<Arc<Credentials>, IdentityError> {
+        let _single_flight = self.credentials.loading.lock().await;
+        if let Some(cached) = self.credentials.get(client_id) {
+            return Ok(cached);
+        }
+        let loaded = store::get_client_credentials(&self.db, client_id)
+            .await?
+            .ok_or(IdentityError::InvalidClientCredentials)?;
+        let loaded = Arc::new(loaded);
+        self.credentials.put(loaded.clone());
+        Ok(loaded)
     }
 
     /// RFC 7662: the token's claims if it is active and of the caller's

@@ -606,3 +606,26 @@ pub async fn arbitrary_input_never_takes_the_server_down(engine: Engine) -> anyh
     );
     Ok(())
 }
+
+/// A request over the configured maximum message size (8 MiB) is refused
+/// before it is parsed, and the server keeps serving.
+pub async fn oversized_request_is_refused_and_the_server_keeps_serving(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    let admin = app.token(&app.operator).await?;
+    let huge = pb::CreateAgencyRequest {
+        display_name: "x".repeat(9 * 1024 * 1024),
+        operator: false,
+    };
+    let status = app
+        .agencies()
+        .create_agency(authed(huge, &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    app.agencies()
+        .get_agency(authed(pb::GetAgencyRequest::default(), &admin))
+        .await?;
+    Ok(())
+}

@@ -39,6 +39,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     agencies::only_operators_create_agencies_and_rotate_keys,
     agencies::bad_input_gets_invalid_argument_with_field_violations,
     agencies::arbitrary_input_never_takes_the_server_down,
+    agencies::oversized_request_is_refused_and_the_server_keeps_serving,
     attacks::forged_and_misaddressed_tokens_are_unauthenticated,
     attacks::valid_token_without_the_scope_is_permission_denied,
     rotation::next_key_is_published_before_it_signs_and_old_tokens_keep_verifying,
