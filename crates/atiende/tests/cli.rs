@@ -1,10 +1,12 @@
-//! The `atiende` binary as a newcomer runs it: `atiende dev` prints working
-//! credentials and a token, and stops cleanly on SIGTERM.
+//! The `atiende` binary as a newcomer and an operator run it: `atiende dev`
+//! prints working credentials and a token and stops cleanly on SIGTERM;
+//! `create-agency` prints credentials that work; `migrate` migrates.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use atiende_proto::identity::v1 as pb;
@@ -17,35 +19,28 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The value after `label` on the banner line that starts with it.
-fn field<'a>(banner: &'a [String], label: &str) -> &'a str {
-    banner
+/// The value after `label` on the first line that starts with it.
+fn field<'a>(lines: &'a [String], label: &str) -> &'a str {
+    lines
         .iter()
         .find_map(|line| line.trim_start().strip_prefix(label))
         .map(str::trim)
-        .unwrap_or_else(|| panic!("{label} missing from banner:\n{}", banner.join("\n")))
+        .unwrap_or_else(|| panic!("{label} missing from output:\n{}", lines.join("\n")))
 }
 
-#[tokio::test]
-async fn atiende_dev_prints_a_working_token_and_stops_on_sigterm() {
-    let data_dir = std::env::temp_dir().join(format!("atiende-cli-{}", free_port()));
-    let (grpc, http) = (free_port(), free_port());
+/// `atiende dev` on the given data directory and ports, and its banner, read
+/// up to its last line.
+async fn start_dev(data_dir: &Path, grpc: u16, http: u16) -> (Child, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_atiende"))
         .args(["dev", "--data-dir"])
-        .arg(&data_dir)
-        .args([
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http}"),
-        ])
+        .arg(data_dir)
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-
-    // Read the banner up to its last line.
     let stdout = child.stdout.take().unwrap();
     let banner = tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
@@ -63,6 +58,37 @@ async fn atiende_dev_prints_a_working_token_and_stops_on_sigterm() {
         .await
         .unwrap()
         .unwrap();
+    (child, banner)
+}
+
+/// Sends SIGTERM and expects a clean exit.
+async fn terminate(mut child: Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(30), status)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+async fn channel(port: u16) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn atiende_dev_prints_a_working_token_and_stops_on_sigterm() {
+    let data_dir = std::env::temp_dir().join(format!("atiende-cli-{}", free_port()));
+    let (grpc, http) = (free_port(), free_port());
+    let (child, banner) = start_dev(&data_dir, grpc, http).await;
 
     let token = field(&banner, "export ATIENDE_TOKEN=");
     let client_id = field(&banner, "client_id");
@@ -70,16 +96,11 @@ async fn atiende_dev_prints_a_working_token_and_stops_on_sigterm() {
     let agency_id = field(&banner, "agency_id");
 
     // The printed token calls an identity RPC, as the grpcurl example does.
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
     let mut request = tonic::Request::new(pb::GetAgencyRequest::default());
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let agency = pb::agency_service_client::AgencyServiceClient::new(channel)
+    let agency = pb::agency_service_client::AgencyServiceClient::new(channel(grpc).await)
         .get_agency(request)
         .await
         .unwrap()
@@ -99,16 +120,55 @@ async fn atiende_dev_prints_a_working_token_and_stops_on_sigterm() {
     assert_eq!(response.status(), 200);
 
     // SIGTERM: the process drains and exits successfully.
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap());
-    let status = tokio::time::timeout(Duration::from_secs(30), status)
+    terminate(child).await;
+    let _ = std::fs::remove_dir_all(data_dir);
+}
+
+#[tokio::test]
+async fn create_agency_prints_credentials_once_and_they_work() {
+    let data_dir = std::env::temp_dir().join(format!("atiende-cli-{}", free_port()));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_atiende"))
+            .args(args)
+            .env("ATIENDE_STORAGE__DATA_DIR", &data_dir)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let migrated = run(&["migrate", "--service", "notifications"]);
+    assert!(migrated.status.success(), "{migrated:?}");
+    assert!(data_dir.join("notifications.db").exists());
+    assert!(!run(&["migrate", "--service", "billing"]).status.success());
+
+    let created = run(&[
+        "create-agency",
+        "--name",
+        "Ministerio de Prueba",
+        "--operator",
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let output: Vec<String> = String::from_utf8(created.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let client_id = field(&output, "client_id:").to_owned();
+    let client_secret = field(&output, "client_secret:").to_owned();
+    assert_eq!(field(&output, "environment:"), "live");
+
+    // The platform on the same data directory accepts the credentials.
+    let (grpc, http) = (free_port(), free_port());
+    let (child, _) = start_dev(&data_dir, grpc, http).await;
+    let issued = pb::token_service_client::TokenServiceClient::new(channel(grpc).await)
+        .issue_token(pb::IssueTokenRequest {
+            client_id,
+            client_secret,
+            scopes: vec![],
+        })
         .await
         .unwrap()
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
+        .into_inner();
+    assert!(issued.scope.contains("identity.admin"));
+    terminate(child).await;
     let _ = std::fs::remove_dir_all(data_dir);
 }
