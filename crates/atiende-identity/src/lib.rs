@@ -62,6 +62,13 @@ impl Identity {
         config: IdentityConfig,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
+        if config.tokens.next_key_lead_ms < config.tokens.jwks_max_age_ms {
+            tracing::warn!(
+                "tokens.next_key_lead_ms is shorter than tokens.jwks_max_age_ms: after a \
+                 rotation, verifiers with a cached JWKS may meet the new key before they \
+                 have fetched it"
+            );
+        }
         let kek = key_encryption_key(&config, db.engine())?;
         let keys = Arc::new(
             Keys::load(

@@ -143,8 +143,14 @@ impl IdentityService {
         agency_id: Option<&str>,
     ) -> Result<Agency, IdentityError> {
         let wanted = agency_id.unwrap_or(&caller.agency_id);
-        if wanted != caller.agency_id && self.require_operator(caller).await.is_err() {
-            return Err(IdentityError::AgencyNotFound);
+        if wanted != caller.agency_id {
+            // Other agencies are visible only to operator admins; to anyone
+            // else they do not exist.
+            let operator_admin = caller.scopes.contains(Scope::IdentityAdmin)
+                && self.require_operator(caller).await.is_ok();
+            if !operator_admin {
+                return Err(IdentityError::AgencyNotFound);
+            }
         }
         store::get_agency(&self.db, wanted)
             .await?

@@ -289,12 +289,6 @@ pub async fn list_signing_keys(db: &Database) -> Result<Vec<SigningKeyRow>, Iden
     Ok(rows)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevokedKind {
-    Token,
-    Client,
-}
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RevocationRow {
     pub subject_kind: String,

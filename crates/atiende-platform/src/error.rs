@@ -70,15 +70,6 @@ impl Violations {
             (false, _) => Err(ApiError::InvalidArgument(self.0)),
         }
     }
-
-    /// `Ok(())` when nothing was recorded.
-    pub fn finish(self) -> Result<(), ApiError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::InvalidArgument(self.0))
-        }
-    }
 }
 
 /// What went wrong, as a caller needs to know it.
@@ -199,7 +190,7 @@ mod tests {
         let mut v = Violations::new();
         v.add("display_name", "must not be empty");
         v.add("scopes", "unknown scope");
-        let status = Status::from(v.finish().unwrap_err());
+        let status = Status::from(v.finish_with(Some(())).unwrap_err());
         assert_eq!(status.code(), Code::InvalidArgument);
         let bad = status.get_details_bad_request().unwrap();
         let fields: Vec<_> = bad

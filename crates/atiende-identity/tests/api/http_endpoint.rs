@@ -63,124 +63,100 @@ pub async fn token_endpoint_accepts_basic_and_post_client_auth(
     Ok(())
 }
 
+/// What an erroneous token request sends and expects: a label, Basic
+/// credentials, the form, the status, the `error` code.
+type Case<'a> = (
+    &'a str,
+    Option<(&'a str, &'a str)>,
+    Vec<(&'a str, &'a str)>,
+    StatusCode,
+    &'a str,
+);
+
 pub async fn token_endpoint_errors_follow_rfc_6749(engine: Engine) -> anyhow::Result<()> {
     let app = TestApp::spawn(engine).await?;
     let agency = app
         .agency_with_client(&[Scope::PaymentsRead], Environment::Live)
         .await?;
     let url = format!("http://{}/oauth2/token", app.http_addr);
-    let http = reqwest::Client::new();
-    let error_of = |response: reqwest::Response| async move {
-        let status = response.status();
-        let header = response.headers().get("www-authenticate").cloned();
-        let body: serde_json::Value = response.json().await.unwrap();
+    let (id, secret) = (agency.client_id.as_str(), agency.client_secret.as_str());
+    let grant = ("grant_type", "client_credentials");
+    let cases: Vec<Case> = vec![
         (
-            status,
-            body["error"].as_str().unwrap_or_default().to_owned(),
-            header,
-        )
-    };
+            "wrong secret",
+            Some((id, "ats_wrong")),
+            vec![grant],
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        (
+            "no credentials",
+            None,
+            vec![grant],
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        (
+            "password grant",
+            Some((id, secret)),
+            vec![("grant_type", "password")],
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+        ),
+        (
+            "no grant",
+            Some((id, secret)),
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "scope not granted",
+            Some((id, secret)),
+            vec![grant, ("scope", "identity.admin")],
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+        ),
+        (
+            "unknown scope",
+            Some((id, secret)),
+            vec![grant, ("scope", "bogus")],
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+        ),
+        (
+            "two authentication methods",
+            Some((id, secret)),
+            vec![grant, ("client_id", id), ("client_secret", secret)],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    let http = reqwest::Client::new();
+    for (what, basic, form, status, error) in cases {
+        let mut request = http.post(&url).form(&form);
+        if let Some((id, secret)) = basic {
+            request = request.basic_auth(id, Some(secret));
+        }
+        let response = request.send().await?;
+        assert_eq!(response.status(), status, "{what}");
+        assert_eq!(response.headers()["cache-control"], "no-store", "{what}");
+        let challenged = response.headers().contains_key("www-authenticate");
+        let body: serde_json::Value = response.json().await?;
+        assert_eq!(body["error"], error, "{what}");
+        // RFC 6749 5.2: a failed Basic authentication is challenged.
+        assert_eq!(challenged, status == StatusCode::UNAUTHORIZED, "{what}");
+    }
 
-    let (status, error, challenge) = error_of(
-        http.post(&url)
-            .basic_auth(&agency.client_id, Some("ats_wrong"))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await?,
-    )
-    .await;
-    assert_eq!(
-        (status, error.as_str()),
-        (StatusCode::UNAUTHORIZED, "invalid_client")
-    );
-    assert!(
-        challenge.is_some(),
-        "basic auth failures carry WWW-Authenticate"
-    );
-
-    let (status, error, _) = error_of(
-        http.post(&url)
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await?,
-    )
-    .await;
-    assert_eq!(
-        (status, error.as_str()),
-        (StatusCode::UNAUTHORIZED, "invalid_client")
-    );
-
-    let (status, error, _) = error_of(
-        http.post(&url)
-            .basic_auth(&agency.client_id, Some(&agency.client_secret))
-            .form(&[("grant_type", "password")])
-            .send()
-            .await?,
-    )
-    .await;
-    assert_eq!(
-        (status, error.as_str()),
-        (StatusCode::BAD_REQUEST, "unsupported_grant_type")
-    );
-
-    let (status, error, _) = error_of(
-        http.post(&url)
-            .basic_auth(&agency.client_id, Some(&agency.client_secret))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("scope", "identity.admin"),
-            ])
-            .send()
-            .await?,
-    )
-    .await;
-    assert_eq!(
-        (status, error.as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_scope")
-    );
-
-    let (status, error, _) = error_of(
-        http.post(&url)
-            .basic_auth(&agency.client_id, Some(&agency.client_secret))
-            .form(&[("grant_type", "client_credentials"), ("scope", "bogus")])
-            .send()
-            .await?,
-    )
-    .await;
-    assert_eq!(
-        (status, error.as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_scope")
-    );
-
-    let (status, error, _) = error_of(
-        http.post(&url)
-            .basic_auth(&agency.client_id, Some(&agency.client_secret))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", agency.client_id.as_str()),
-                ("client_secret", agency.client_secret.as_str()),
-            ])
-            .send()
-            .await?,
-    )
-    .await;
-    assert_eq!(
-        (status, error.as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
-
-    let (status, error, _) = error_of(
-        http.post(&url)
-            .body("{}")
-            .header("content-type", "application/json")
-            .send()
-            .await?,
-    )
-    .await;
-    assert_eq!(
-        (status, error.as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
+    let response = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(body["error"], "invalid_request");
     Ok(())
 }
 
