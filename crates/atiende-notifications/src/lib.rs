@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: the service's configuration.
+//! - [`domain`]: templates, personalisation, email and SMS rendering.
 //! - [`grpc`]: the gRPC adapter (the only module that knows prost types).
 //! - [`store`]: the service's own database and migrations.
 //!
@@ -9,6 +10,7 @@
 //! it shares only `atiende-proto` and `atiende-platform`.
 
 pub mod config;
+pub mod domain;
 pub mod grpc;
 pub mod store;
 
