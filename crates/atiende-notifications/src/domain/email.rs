@@ -53,10 +53,10 @@ fn classify(line: &str) -> (Kind, &str) {
         return (Kind::Inset, rest);
     }
     let digits = trimmed.bytes().take_while(u8::is_ascii_digit).count();
-    if digits > 0 {
-        if let Some(rest) = trimmed[digits..].strip_prefix(". ") {
-            return (Kind::Numbered, rest);
-        }
+    if digits > 0
+        && let Some(rest) = trimmed[digits..].strip_prefix(". ")
+    {
+        return (Kind::Numbered, rest);
     }
     (Kind::Paragraph, line.trim_end())
 }
