@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: the service's configuration.
 //! - [`domain`]: templates, personalisation, email and SMS rendering.
+//! - [`service`]: what the service does, in domain terms.
 //! - [`grpc`]: the gRPC adapter (the only module that knows prost types).
 //! - [`store`]: the service's own database and migrations.
 //!
@@ -12,7 +13,10 @@
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod service;
 pub mod store;
+
+use std::sync::Arc;
 
 use atiende_platform::server::GrpcServices;
 use atiende_platform::storage::Database;
@@ -25,7 +29,7 @@ pub const SERVICE_NAME: &str = "notifications";
 /// A running notifications service.
 #[derive(Clone)]
 pub struct Notifications {
-    db: Database,
+    service: Arc<service::NotificationsService>,
     max_message_bytes: usize,
 }
 
@@ -34,14 +38,19 @@ impl Notifications {
     pub async fn open(config: &NotificationsConfig) -> anyhow::Result<Self> {
         let db = Database::for_service(&config.storage, SERVICE_NAME).await?;
         db.migrate(&store::MIGRATIONS).await?;
-        Ok(Self {
-            db,
-            max_message_bytes: config.grpc.max_message_bytes,
-        })
+        Ok(Self::with_database(db, config.grpc.max_message_bytes))
+    }
+
+    /// The service on an open, migrated database.
+    pub fn with_database(db: Database, max_message_bytes: usize) -> Self {
+        Self {
+            service: Arc::new(service::NotificationsService { db }),
+            max_message_bytes,
+        }
     }
 
     pub fn database(&self) -> &Database {
-        &self.db
+        &self.service.db
     }
 
     /// Adds the service's gRPC services to a server.
@@ -49,9 +58,11 @@ impl Notifications {
         let limit = self.max_message_bytes;
         services
             .add(
-                pb::template_service_server::TemplateServiceServer::new(grpc::TemplateApi)
-                    .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit),
+                pb::template_service_server::TemplateServiceServer::new(grpc::TemplateApi(
+                    self.service.clone(),
+                ))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
             )
             .add(
                 pb::notification_service_server::NotificationServiceServer::new(

@@ -218,6 +218,20 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// `PERMISSION_DENIED` unless the caller holds one of `scopes`.
+    pub fn require_any(&self, scopes: &[Scope]) -> Result<(), ApiError> {
+        if scopes.iter().any(|s| self.scopes.contains(*s)) {
+            return Ok(());
+        }
+        let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+        Err(ApiError::PermissionDenied(format!(
+            "the token needs one of the scopes {}",
+            names.join(", ")
+        )))
+    }
+}
+
 /// The caller that [`AuthLayer`] put in the request.
 pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, ApiError> {
     request

@@ -11,6 +11,7 @@
 //! - [`error`]: [`error::ApiError`] and the one mapping to `tonic::Status`.
 //! - [`storage`]: SQLite and PostgreSQL pools, embedded migrations.
 //! - [`paging`], [`ids`]: page tokens and server-assigned ids.
+//! - `testing` (feature `testing`): a test signing key for services' tests.
 //!
 //! Architecture invariant: this crate knows no service's domain. It never
 //! names a table, a template or a payment.
@@ -23,3 +24,5 @@ pub mod paging;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -5,10 +5,12 @@
 //! - [`email`]: the Markdown subset of email bodies, rendered to plain text
 //!   and HTML with every personalisation value escaped.
 //! - [`sms`]: GSM-7 / UCS-2 detection, character and fragment counts.
+//! - [`templates`]: stored templates, their validation and rendering.
 
 pub mod email;
 pub mod sms;
 pub mod template;
+pub mod templates;
 
 /// Seeded random inputs for the property tests of the template modules.
 #[cfg(test)]

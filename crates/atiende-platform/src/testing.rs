@@ -1,0 +1,100 @@
+//! Test support for services other than identity (feature `testing`): a
+//! fixed ES256 key that signs test tokens, and its JWKS, so that a service's
+//! tests can authenticate callers without the identity service.
+//!
+//! The key is public — it is in this file — and trusted only by a verifier
+//! built with [`verifier`]. Nothing in a deployed service is configured
+//! with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::JwkSet;
+
+use crate::auth::{
+    AccessTokenClaims, BoxFuture, Environment, JwksError, JwksSource, Scope, TokenVerifier,
+    VerifierSettings, unix_now,
+};
+
+pub const TEST_ISSUER: &str = "https://identity.test.invalid";
+pub const TEST_AUDIENCE: &str = "atiende";
+const TEST_KID: &str = "test-key-1";
+const TEST_PRIVATE_KEY_PEM: &str = "\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgrmvgNv2dLN/khand
+YKjQAIc/EqsOl4wyQl5tQxGHpbehRANCAAQ44sybFdfN8zcUiKzcN4eMAgSeBtoC
+ptzRya/c7L+qlL/HMyn2Grj4XxKoKn0PiG2MBtXkJABCxq1O3EdW+1hw
+-----END PRIVATE KEY-----
+";
+const TEST_X: &str = "OOLMmxXXzfM3FIis3DeHjAIEngbaAqbc0cmv3Oy_qpQ";
+const TEST_Y: &str = "v8czKfYauPhfEqgqfQ-IbYwG1eQkAELGrU7cR1b7WHA";
+
+/// The JWKS that publishes the test key.
+pub struct TestJwks;
+
+impl JwksSource for TestJwks {
+    fn fetch(&self) -> BoxFuture<'_, Result<JwkSet, JwksError>> {
+        Box::pin(async {
+            serde_json::from_value(serde_json::json!({ "keys": [{
+                "kty": "EC", "crv": "P-256", "x": TEST_X, "y": TEST_Y,
+                "kid": TEST_KID, "alg": "ES256", "use": "sig",
+            }]}))
+            .map_err(|e| JwksError(e.to_string()))
+        })
+    }
+}
+
+/// A verifier that trusts the test key only.
+pub fn verifier() -> Arc<TokenVerifier> {
+    Arc::new(TokenVerifier::new(
+        VerifierSettings {
+            issuer: TEST_ISSUER.to_owned(),
+            audience: TEST_AUDIENCE.to_owned(),
+            max_age: Duration::from_secs(3600),
+            min_refresh_interval: Duration::ZERO,
+        },
+        TestJwks,
+    ))
+}
+
+/// A token of `agency_id` with the given scopes, valid for ten minutes.
+pub fn token(agency_id: &str, scopes: &[Scope], environment: Environment) -> String {
+    let now = unix_now();
+    let claims = AccessTokenClaims {
+        iss: TEST_ISSUER.to_owned(),
+        aud: TEST_AUDIENCE.to_owned(),
+        sub: format!("cli_{:032x}", rand::random::<u128>()),
+        agency: agency_id.to_owned(),
+        scope: scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        env: environment.as_str().to_owned(),
+        iat: now,
+        nbf: now,
+        exp: now + 600,
+        jti: format!("{:032x}", rand::random::<u128>()),
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(TEST_KID.to_owned());
+    match jsonwebtoken::EncodingKey::from_ec_pem(TEST_PRIVATE_KEY_PEM.as_bytes())
+        .and_then(|key| jsonwebtoken::encode(&header, &claims, &key))
+    {
+        Ok(token) => token,
+        Err(error) => format!("unsignable-test-token: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn test_tokens_verify_with_the_test_verifier_only() {
+        let token = token("agy_1", &[Scope::NotificationsSend], Environment::Sandbox);
+        let caller = verifier().verify(&token).await.unwrap();
+        assert_eq!(caller.agency_id, "agy_1");
+        assert!(caller.scopes.contains(Scope::NotificationsSend));
+    }
+}
