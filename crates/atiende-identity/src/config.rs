@@ -17,6 +17,18 @@ pub struct IdentityConfig {
     pub http: HttpConfig,
     pub telemetry: TelemetryConfig,
     pub tokens: TokenConfig,
+    pub operators: OperatorConfig,
+}
+
+/// Who may perform platform-wide acts (create agencies, rotate keys, read
+/// other agencies).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Let sandbox clients of operator agencies act as operators. Off in
+    /// production, where only live operator clients may; `atiende dev`
+    /// turns it on for its sandbox development agency.
+    pub allow_sandbox: bool,
 }
 
 /// How access tokens are issued and signed.

@@ -102,6 +102,7 @@ impl Identity {
             keys: keys.clone(),
             revocations: revocations.clone(),
             credentials: service::CredentialCache::new(config.tokens.credential_cache_ttl_ms),
+            allow_sandbox_operators: config.operators.allow_sandbox,
             verifier,
             issuer,
             audience: config.tokens.audience.clone(),

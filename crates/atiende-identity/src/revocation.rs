@@ -2,24 +2,24 @@
 //! sees them.
 //!
 //! Revocations are rows in the database; each instance keeps the unexpired
-//! ones in memory and polls for rows written by other instances (every
-//! `revocation_poll_interval`, re-reading a ten-second overlap so that rows
-//! committed out of order are not missed). A revocation made on an instance
-//! applies there at once, and on the others within one poll interval.
+//! ones in memory and re-reads all of them every `revocation_poll_interval`.
+//! The set is small — a row lives only until the tokens it covers expire —
+//! and reading it whole depends on no clock but the expiry, so a row
+//! committed late or by an instance with a skewed clock is never skipped. A
+//! revocation made on an instance applies there at once, and on the others
+//! within one poll interval.
 //!
 //! Other services verify tokens locally and do not see revocations: what
 //! bounds their exposure is the short token lifetime.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 
 use atiende_platform::auth::{Caller, RevocationCheck};
 use atiende_platform::storage::{Database, now_micros};
 
 use crate::domain::IdentityError;
 use crate::store;
-
-const OVERLAP_MICROS: i64 = 10 * 1_000_000;
 
 #[derive(Default)]
 struct Revoked {
@@ -32,7 +32,6 @@ struct Revoked {
 #[derive(Default)]
 pub struct Revocations {
     revoked: RwLock<Revoked>,
-    watermark: Mutex<i64>,
 }
 
 impl Revocations {
@@ -58,31 +57,21 @@ impl Revocations {
             .contains_key(client_id)
     }
 
-    /// Reads revocations recorded since the last poll, and forgets expired ones.
+    /// Reads every unexpired revocation, and forgets expired ones. Entries
+    /// recorded here meanwhile are kept: they are in the database too.
     pub async fn poll(&self, db: &Database) -> Result<(), IdentityError> {
-        let since = {
-            let watermark = *self.watermark.lock().unwrap_or_else(|e| e.into_inner());
-            watermark.saturating_sub(OVERLAP_MICROS)
-        };
         let now = now_micros();
-        let rows = store::revocations_since(db, since, now).await?;
-        let newest = rows.iter().map(|r| r.revoke_time).max();
-        {
-            let mut revoked = self.write();
-            for row in rows {
-                let map = match row.subject_kind.as_str() {
-                    "client" => &mut revoked.clients,
-                    _ => &mut revoked.tokens,
-                };
-                map.insert(row.subject, row.expire_time);
-            }
-            revoked.tokens.retain(|_, exp| *exp > now);
-            revoked.clients.retain(|_, exp| *exp > now);
+        let rows = store::unexpired_revocations(db, now).await?;
+        let mut revoked = self.write();
+        for row in rows {
+            let map = match row.subject_kind.as_str() {
+                "client" => &mut revoked.clients,
+                _ => &mut revoked.tokens,
+            };
+            map.insert(row.subject, row.expire_time);
         }
-        if let Some(newest) = newest {
-            let mut watermark = self.watermark.lock().unwrap_or_else(|e| e.into_inner());
-            *watermark = (*watermark).max(newest);
-        }
+        revoked.tokens.retain(|_, exp| *exp > now);
+        revoked.clients.retain(|_, exp| *exp > now);
         Ok(())
     }
 

@@ -36,20 +36,24 @@ pub struct Page<T> {
 
 /// Client credentials recently read from the database, so that a client
 /// asking for tokens again and again costs no query each time. Entries live
-/// `ttl` (1 s by default); this instance forgets a client at once when it
-/// rotates its secret or disables it, and other instances within the TTL —
-/// the same bound as revocations.
+/// `ttl` (1 s by default), unknown client ids too (so a flood of made-up ids
+/// costs one query per id per TTL); this instance forgets a client at once
+/// when it rotates its secret or disables it, other instances within the
+/// TTL — the same bound as revocations.
 pub(crate) struct CredentialCache {
     ttl: Duration,
-    entries: RwLock<HashMap<String, (Instant, Arc<Credentials>)>>,
-    /// One database read at a time: when an entry expires under load, the
-    /// first caller reads it again and the others wait for that read,
-    /// instead of all of them queueing queries.
-    loading: tokio::sync::Mutex<()>,
+    entries: RwLock<HashMap<String, (Instant, Lookup)>>,
+    /// One database read per client id at a time: when an entry expires
+    /// under load, the first caller reads it and the others wait for that
+    /// read. Different ids never wait for each other.
+    loading: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A client and the hash of its secret.
 type Credentials = (Client, SecretHash);
+
+/// What a lookup found: the credentials, or that there is no such client.
+type Lookup = Option<Arc<Credentials>>;
 
 const CREDENTIAL_CACHE_CAPACITY: usize = 10_000;
 
@@ -58,11 +62,12 @@ impl CredentialCache {
         Self {
             ttl,
             entries: RwLock::new(HashMap::new()),
-            loading: tokio::sync::Mutex::new(()),
+            loading: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    fn get(&self, client_id: &str) -> Option<Arc<Credentials>> {
+    /// `Some(None)`: known not to exist; `None`: not cached.
+    fn get(&self, client_id: &str) -> Option<Lookup> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .get(client_id)
@@ -70,7 +75,7 @@ impl CredentialCache {
             .map(|(_, credentials)| credentials.clone())
     }
 
-    fn put(&self, credentials: Arc<Credentials>) {
+    fn put(&self, client_id: &str, credentials: Lookup) {
         if self.ttl.is_zero() {
             return;
         }
@@ -81,10 +86,7 @@ impl CredentialCache {
                 entries.clear();
             }
         }
-        entries.insert(
-            credentials.0.client_id.clone(),
-            (Instant::now(), credentials),
-        );
+        entries.insert(client_id.to_owned(), (Instant::now(), credentials));
     }
 
     fn forget(&self, client_id: &str) {
@@ -93,6 +95,22 @@ impl CredentialCache {
             .unwrap_or_else(|e| e.into_inner())
             .remove(client_id);
     }
+
+    fn load_lock(&self, client_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        loading.entry(client_id.to_owned()).or_default().clone()
+    }
+
+    fn loaded(&self, client_id: &str) {
+        let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        // The last one out removes the lock (the map holds one reference).
+        if loading
+            .get(client_id)
+            .is_some_and(|lock| Arc::strong_count(lock) <= 1)
+        {
+            loading.remove(client_id);
+        }
+    }
 }
 
 pub struct IdentityService {
@@ -100,6 +118,7 @@ pub struct IdentityService {
     pub(crate) keys: Arc<Keys>,
     pub(crate) revocations: Arc<Revocations>,
     pub(crate) credentials: CredentialCache,
+    pub(crate) allow_sandbox_operators: bool,
     pub(crate) verifier: Arc<TokenVerifier>,
     pub(crate) issuer: String,
     pub(crate) audience: String,
@@ -203,9 +222,17 @@ impl IdentityService {
         page_size: PageSize,
         cursor: Option<&str>,
     ) -> Result<Page<Client>, IdentityError> {
-        let mut items =
-            store::list_clients(&self.db, &caller.agency_id, cursor, page_size.fetch_limit())
-                .await?;
+        // A sandbox caller sees only sandbox clients.
+        let environment =
+            (caller.environment == Environment::Sandbox).then_some(Environment::Sandbox);
+        let mut items = store::list_clients(
+            &self.db,
+            &caller.agency_id,
+            environment,
+            cursor,
+            page_size.fetch_limit(),
+        )
+        .await?;
         let limit = usize::try_from(page_size.get()).unwrap_or(usize::MAX);
         let next_cursor = if items.len() > limit {
             items.truncate(limit);
@@ -227,7 +254,10 @@ impl IdentityService {
         }
         let secret = ClientSecret::generate()?;
         let now = now_micros();
-        store::update_client_secret(&self.db, &client.client_id, &secret.hash(), now).await?;
+        if !store::update_client_secret(&self.db, &client, &secret.hash(), now).await? {
+            // Disabled (or gone) since it was read.
+            return Err(IdentityError::ClientDisabled);
+        }
         self.credentials.forget(&client.client_id);
         client.secret_rotate_time = now;
         tracing::info!(client_id = %client.client_id, "client secret rotated");
@@ -243,7 +273,9 @@ impl IdentityService {
         let mut client = self.managed_client(caller, client_id).await?;
         if client.state == ClientState::Active {
             let now = now_micros();
-            let until = now.saturating_add(micros(self.token_ttl) + 60_000_000);
+            let until = now
+                .saturating_add(micros(self.token_ttl))
+                .saturating_add(60_000_000);
             store::disable_client(&self.db, &client, until, now).await?;
             self.revocations.record_client(&client.client_id, until);
             self.credentials.forget(&client.client_id);
@@ -263,7 +295,8 @@ impl IdentityService {
         let credentials = match self.credentials.get(client_id) {
             Some(cached) => cached,
             None => self.load_credentials(client_id).await?,
-        };
+        }
+        .ok_or(IdentityError::InvalidClientCredentials)?;
         let (client, hash) = (&credentials.0, &credentials.1);
         let usable = client.state == ClientState::Active
             && !self.revocations.client_revoked(&client.client_id);
@@ -304,24 +337,32 @@ impl IdentityService {
         })
     }
 
-    async fn load_credentials(&self, client_id: &str) -> Result<Arc<Credentials>, IdentityError> {
-        let _single_flight = self.credentials.loading.lock().await;
-        if let Some(cached) = self.credentials.get(client_id) {
-            return Ok(cached);
+    async fn load_credentials(&self, client_id: &str) -> Result<Lookup, IdentityError> {
+        let lock = self.credentials.load_lock(client_id);
+        let result = async {
+            let _single_flight = lock.lock().await;
+            if let Some(cached) = self.credentials.get(client_id) {
+                return Ok(cached);
+            }
+            let loaded = store::get_client_credentials(&self.db, client_id)
+                .await?
+                .map(Arc::new);
+            self.credentials.put(client_id, loaded.clone());
+            Ok(loaded)
         }
-        let loaded = store::get_client_credentials(&self.db, client_id)
-            .await?
-            .ok_or(IdentityError::InvalidClientCredentials)?;
-        let loaded = Arc::new(loaded);
-        self.credentials.put(loaded.clone());
-        Ok(loaded)
+        .await;
+        drop(lock);
+        self.credentials.loaded(client_id);
+        result
     }
 
     /// RFC 7662: the token's claims if it is active and of the caller's
-    /// agency; `None` otherwise, whatever the reason.
+    /// agency (and, for a sandbox caller, a sandbox token); `None`
+    /// otherwise, whatever the reason. Introspection reveals nothing the
+    /// token itself does not carry, so any client of the agency may ask.
     pub async fn introspect(&self, caller: &Caller, token: &str) -> Option<Caller> {
         match self.verifier.verify(token).await {
-            Ok(subject) if subject.agency_id == caller.agency_id => Some(subject),
+            Ok(subject) if may_see(caller, &subject) => Some(subject),
             _ => None,
         }
     }
@@ -337,7 +378,7 @@ impl IdentityService {
             }
             Err(_) => return Ok(()),
         };
-        let allowed = subject.agency_id == caller.agency_id
+        let allowed = may_see(caller, &subject)
             && (subject.client_id == caller.client_id
                 || caller.scopes.contains(Scope::IdentityAdmin));
         if !allowed {
@@ -388,7 +429,12 @@ impl IdentityService {
         self.keys.published()
     }
 
+    /// Operator acts need a live client of an operator agency (sandbox ones
+    /// too when `operators.allow_sandbox` is set, as in `atiende dev`).
     async fn require_operator(&self, caller: &Caller) -> Result<(), IdentityError> {
+        if caller.environment == Environment::Sandbox && !self.allow_sandbox_operators {
+            return Err(IdentityError::NotOperator);
+        }
         let agency = store::get_agency(&self.db, &caller.agency_id).await?;
         if agency.is_some_and(|a| a.operator) {
             Ok(())
@@ -412,6 +458,13 @@ impl IdentityService {
         }
         Ok(client)
     }
+}
+
+/// Whether `caller` may learn about (or revoke) a token of `subject`: same
+/// agency, and a sandbox caller only sandbox tokens.
+fn may_see(caller: &Caller, subject: &Caller) -> bool {
+    subject.agency_id == caller.agency_id
+        && !(caller.environment == Environment::Sandbox && subject.environment == Environment::Live)
 }
 
 fn micros(d: Duration) -> i64 {

@@ -10,16 +10,30 @@ use crate::domain::{Agency, Client, ClientState, DisplayName, IdentityError, Sec
 
 pub const MIGRATIONS: Migrations = Migrations {
     service: "identity",
-    sqlite: &[(
-        1,
-        "agencies clients keys",
-        include_str!("../migrations/sqlite/0001_agencies_clients_keys.sql"),
-    )],
-    postgres: &[(
-        1,
-        "agencies clients keys",
-        include_str!("../migrations/postgres/0001_agencies_clients_keys.sql"),
-    )],
+    sqlite: &[
+        (
+            1,
+            "agencies clients keys",
+            include_str!("../migrations/sqlite/0001_agencies_clients_keys.sql"),
+        ),
+        (
+            2,
+            "revocations by expiry",
+            include_str!("../migrations/sqlite/0002_revocations_by_expiry.sql"),
+        ),
+    ],
+    postgres: &[
+        (
+            1,
+            "agencies clients keys",
+            include_str!("../migrations/postgres/0001_agencies_clients_keys.sql"),
+        ),
+        (
+            2,
+            "revocations by expiry",
+            include_str!("../migrations/postgres/0002_revocations_by_expiry.sql"),
+        ),
+    ],
 };
 
 #[derive(sqlx::FromRow)]
@@ -176,10 +190,11 @@ pub async fn get_client(
 }
 
 /// The agency's clients, newest first (ids are time-ordered), after the
-/// cursor `before_client_id`.
+/// cursor `before_client_id`; only those of `environment` when given.
 pub async fn list_clients(
     db: &Database,
     agency_id: &str,
+    environment: Option<Environment>,
     before_client_id: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Client>, IdentityError> {
@@ -188,10 +203,12 @@ pub async fn list_clients(
             "SELECT client_id, agency_id, display_name, scopes, environment, state, \
              create_time, secret_rotate_time FROM clients \
              WHERE agency_id = $1 AND ($2 IS NULL OR client_id < $2) \
-             ORDER BY client_id DESC LIMIT $3",
+             AND ($3 IS NULL OR environment = $3) \
+             ORDER BY client_id DESC LIMIT $4",
         )
         .bind(agency_id)
         .bind(before_client_id)
+        .bind(environment.map(Environment::as_str))
         .bind(limit)
         .fetch_all(pool)
         .await?
@@ -199,23 +216,28 @@ pub async fn list_clients(
     rows.into_iter().map(Client::try_from).collect()
 }
 
+/// Replaces the secret of an active client of the agency; `false` when no
+/// such client (any more).
 pub async fn update_client_secret(
     db: &Database,
-    client_id: &str,
+    client: &Client,
     secret_hash: &SecretHash,
     now: i64,
-) -> Result<(), IdentityError> {
-    on_db!(db, pool => {
+) -> Result<bool, IdentityError> {
+    let updated = on_db!(db, pool => {
         sqlx::query(
-            "UPDATE clients SET secret_hash = $1, secret_rotate_time = $2 WHERE client_id = $3",
+            "UPDATE clients SET secret_hash = $1, secret_rotate_time = $2 \
+             WHERE client_id = $3 AND agency_id = $4 AND state = 'active'",
         )
         .bind(&secret_hash.0)
         .bind(now)
-        .bind(client_id)
+        .bind(&client.client_id)
+        .bind(&client.agency_id)
         .execute(pool)
-        .await?;
+        .await?
+        .rows_affected()
     });
-    Ok(())
+    Ok(updated == 1)
 }
 
 /// Disables the client and records the revocation of its tokens, in one
@@ -228,8 +250,9 @@ pub async fn disable_client(
 ) -> Result<(), IdentityError> {
     on_db!(db, pool => {
         let mut tx = pool.begin().await?;
-        sqlx::query("UPDATE clients SET state = 'disabled' WHERE client_id = $1")
+        sqlx::query("UPDATE clients SET state = 'disabled' WHERE client_id = $1 AND agency_id = $2")
             .bind(&client.client_id)
+            .bind(&client.agency_id)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
@@ -319,18 +342,16 @@ pub async fn insert_token_revocation(
     Ok(())
 }
 
-/// Revocations recorded at or after `since` that have not expired.
-pub async fn revocations_since(
+/// Every revocation that has not expired.
+pub async fn unexpired_revocations(
     db: &Database,
-    since: i64,
     now: i64,
 ) -> Result<Vec<RevocationRow>, IdentityError> {
     let rows = on_db!(db, pool => {
         sqlx::query_as(
             "SELECT subject_kind, subject, expire_time, revoke_time FROM revocations \
-             WHERE revoke_time >= $1 AND expire_time > $2",
+             WHERE expire_time > $1",
         )
-        .bind(since)
         .bind(now)
         .fetch_all(pool)
         .await?

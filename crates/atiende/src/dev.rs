@@ -30,11 +30,21 @@ pub struct DevOptions {
 }
 
 /// The development agency's client, as kept in the data directory.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct DevCredentials {
     pub agency_id: String,
     pub client_id: String,
     pub client_secret: String,
+}
+
+impl std::fmt::Debug for DevCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCredentials")
+            .field("agency_id", &self.agency_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
 }
 
 /// The running platform.
@@ -76,6 +86,10 @@ impl DevPlatform {
             http: HttpConfig {
                 listen_addr: http_addr,
                 public_url,
+            },
+            // The development agency is a sandbox operator.
+            operators: atiende_identity::config::OperatorConfig {
+                allow_sandbox: true,
             },
             ..IdentityConfig::default()
         };

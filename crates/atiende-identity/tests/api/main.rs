@@ -10,6 +10,7 @@
 
 mod agencies;
 mod attacks;
+mod environments;
 mod http_endpoint;
 mod logs;
 mod rotation;
@@ -48,6 +49,10 @@ const TESTS: &[(&str, TestFn)] = tests![
     http_endpoint::token_endpoint_errors_follow_rfc_6749,
     http_endpoint::discovery_and_jwks_are_served,
     logs::secrets_and_tokens_never_appear_in_logs_or_errors,
+    environments::sandbox_clients_of_operators_cannot_act_as_operators,
+    environments::sandbox_callers_neither_see_nor_revoke_live_tokens,
+    environments::revocation_from_an_instance_with_a_skewed_clock_is_seen,
+    environments::unknown_client_ids_in_bulk_do_not_block_real_clients,
 ];
 
 fn main() -> ExitCode {

@@ -132,6 +132,8 @@ pub struct Credentials {
 
 pub struct TestApp {
     pub http_addr: SocketAddr,
+    /// The app's database, for tests that play another instance.
+    pub database_url: String,
     pub identity: Identity,
     pub operator: Credentials,
     pub channel: Channel,
@@ -241,6 +243,7 @@ impl TestApp {
             .await?;
         Ok(Self {
             http_addr,
+            database_url: database_url.clone(),
             identity: identity.clone(),
             operator: Credentials {
                 agency_id: agency.agency_id,
