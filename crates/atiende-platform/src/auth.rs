@@ -191,6 +191,23 @@ pub struct AccessTokenClaims {
     pub jti: String,
 }
 
+/// The claims a verifier reads: Atiende's profile, lenient where other
+/// issuers differ (`aud` may be a list — the validation checks it — and
+/// `iat`, `nbf` and `jti` may be absent).
+#[derive(Debug, Deserialize)]
+struct IncomingClaims {
+    sub: String,
+    agency: String,
+    #[serde(default)]
+    scope: String,
+    env: String,
+    #[serde(default)]
+    iat: Option<i64>,
+    exp: i64,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
 /// The authenticated caller of an RPC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -304,14 +321,16 @@ pub struct HttpJwks {
 }
 
 impl HttpJwks {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
+    pub fn new(url: impl Into<String>) -> Result<Self, JwksError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| JwksError(e.to_string()))?;
+        Ok(Self {
             url: url.into(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
-        }
+            client,
+        })
     }
 }
 
@@ -424,12 +443,31 @@ const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 5;
 
+/// A published key and the algorithm its JWK pins, if it names one.
+struct PublishedKey {
+    decoding: DecodingKey,
+    alg: Option<Algorithm>,
+}
+
 #[derive(Default)]
 struct KeyCache {
-    keys: HashMap<String, Arc<DecodingKey>>,
+    keys: HashMap<String, Arc<PublishedKey>>,
     fetched_at: Option<Instant>,
     attempted_at: Option<Instant>,
 }
+
+/// The keys of a verifier and how they are refreshed. Shared with the
+/// background refreshes it starts.
+struct KeyStore {
+    source: Box<dyn JwksSource>,
+    cache: RwLock<KeyCache>,
+    refresh: Arc<tokio::sync::Mutex<()>>,
+    max_age: Duration,
+    min_refresh_interval: Duration,
+}
+
+/// How long a request with an unknown `kid` waits for the keys to be fetched.
+const UNKNOWN_KID_WAIT: Duration = Duration::from_secs(5);
 
 /// Settings of a [`TokenVerifier`].
 #[derive(Debug, Clone)]
@@ -443,20 +481,23 @@ pub struct VerifierSettings {
 /// Verifies access tokens; cheap to share behind an `Arc`.
 pub struct TokenVerifier {
     settings: VerifierSettings,
-    source: Box<dyn JwksSource>,
-    keys: RwLock<KeyCache>,
-    refresh: tokio::sync::Mutex<()>,
+    keys: Arc<KeyStore>,
     verified: Mutex<HashMap<Box<str>, Caller>>,
     revocation: Option<Arc<dyn RevocationCheck>>,
 }
 
 impl TokenVerifier {
     pub fn new(settings: VerifierSettings, source: impl JwksSource) -> Self {
+        let keys = Arc::new(KeyStore {
+            source: Box::new(source),
+            cache: RwLock::new(KeyCache::default()),
+            refresh: Arc::new(tokio::sync::Mutex::new(())),
+            max_age: settings.max_age,
+            min_refresh_interval: settings.min_refresh_interval,
+        });
         Self {
             settings,
-            source: Box::new(source),
-            keys: RwLock::new(KeyCache::default()),
-            refresh: tokio::sync::Mutex::new(()),
+            keys,
             verified: Mutex::new(HashMap::new()),
             revocation: None,
         }
@@ -479,7 +520,7 @@ impl TokenVerifier {
         if let Some(endpoint) = &config.jwks_grpc_endpoint {
             Ok(Self::new(settings, IdentityJwks::new(endpoint)?))
         } else if let Some(url) = &config.jwks_url {
-            Ok(Self::new(settings, HttpJwks::new(url.clone())))
+            Ok(Self::new(settings, HttpJwks::new(url.clone())?))
         } else if let Some(path) = &config.jwks_file {
             Ok(Self::new(settings, FileJwks(path.clone())))
         } else {
@@ -529,6 +570,10 @@ impl TokenVerifier {
         }
         let kid = header.kid.ok_or(AuthError::UnknownKey)?;
         let key = self.key(&kid).await?;
+        // A key whose JWK names an algorithm verifies only that algorithm.
+        if key.alg.is_some_and(|alg| alg != header.alg) {
+            return Err(AuthError::Algorithm);
+        }
 
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.settings.issuer]);
@@ -536,7 +581,7 @@ impl TokenVerifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECONDS;
-        let data = jsonwebtoken::decode::<AccessTokenClaims>(token, &key, &validation)
+        let data = jsonwebtoken::decode::<IncomingClaims>(token, &key.decoding, &validation)
             .map_err(classify_jwt_error)?;
         let claims = data.claims;
         let environment = Environment::parse(&claims.env).ok_or(AuthError::Malformed)?;
@@ -548,82 +593,40 @@ impl TokenVerifier {
             client_id: claims.sub,
             scopes: ScopeSet::parse_known(&claims.scope),
             environment,
-            token_id: claims.jti,
-            issued_at: claims.iat,
+            token_id: claims.jti.unwrap_or_default(),
+            issued_at: claims.iat.unwrap_or_default(),
             expires_at: claims.exp,
         })
     }
 
-    async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
-        {
-            let cache = self.read_keys();
+    /// The key named `kid`. A known key is used even when the cache is
+    /// stale — a refresh then runs in the background — so that a slow or
+    /// unreachable JWKS never holds up requests signed with known keys. An
+    /// unknown `kid` waits (a bounded time) for one fetch.
+    async fn key(&self, kid: &str) -> Result<Arc<PublishedKey>, AuthError> {
+        let (found, fresh) = {
+            let cache = self.keys.read();
             let fresh = cache
                 .fetched_at
-                .is_some_and(|t| t.elapsed() < self.settings.max_age);
-            if let (true, Some(key)) = (fresh, cache.keys.get(kid)) {
-                return Ok(key.clone());
+                .is_some_and(|t| t.elapsed() < self.keys.max_age);
+            (cache.keys.get(kid).cloned(), fresh)
+        };
+        if let Some(key) = found {
+            if !fresh {
+                KeyStore::refresh_in_background(&self.keys);
             }
+            return Ok(key);
         }
-        // Unknown kid (a rotation) or stale keys: re-fetch, then look again.
-        self.refresh_keys().await?;
-        self.read_keys()
+        match tokio::time::timeout(UNKNOWN_KID_WAIT, self.keys.refresh()).await {
+            Ok(result) => result?,
+            Err(_) => return Err(AuthError::KeysUnavailable),
+        }
+        self.keys
+            .read()
             .keys
             .get(kid)
             .cloned()
             .ok_or(AuthError::UnknownKey)
-    }
-
-    /// Re-fetches the keys, at most once per `min_refresh_interval` (once a
-    /// second while no key was ever fetched), one fetch at a time. A failed
-    /// fetch keeps the keys already known.
-    async fn refresh_keys(&self) -> Result<(), AuthError> {
-        let _single_flight = self.refresh.lock().await;
-        {
-            let cache = self.read_keys();
-            let interval = if cache.fetched_at.is_some() {
-                self.settings.min_refresh_interval
-            } else {
-                self.settings
-                    .min_refresh_interval
-                    .min(Duration::from_secs(1))
-            };
-            if cache.attempted_at.is_some_and(|t| t.elapsed() < interval) {
-                return if cache.fetched_at.is_some() {
-                    Ok(())
-                } else {
-                    Err(AuthError::KeysUnavailable)
-                };
-            }
-        }
-        self.write_keys().attempted_at = Some(Instant::now());
-        let set = match self.source.fetch().await {
-            Ok(set) => set,
-            Err(error) => {
-                tracing::warn!(%error, "JWKS refresh failed");
-                let cache = self.read_keys();
-                return if cache.keys.is_empty() {
-                    Err(AuthError::KeysUnavailable)
-                } else {
-                    Ok(())
-                };
-            }
-        };
-        let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            let Some(kid) = jwk.common.key_id.clone() else {
-                continue;
-            };
-            match DecodingKey::from_jwk(jwk) {
-                Ok(key) => {
-                    keys.insert(kid, Arc::new(key));
-                }
-                Err(error) => tracing::warn!(%kid, %error, "skipping unusable JWK"),
-            }
-        }
-        let mut cache = self.write_keys();
-        cache.keys = keys;
-        cache.fetched_at = Some(Instant::now());
-        Ok(())
     }
 
     fn remember(&self, token: &str, caller: &Caller, now: i64) {
@@ -640,13 +643,97 @@ impl TokenVerifier {
     fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Caller>> {
         self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    fn read_keys(&self) -> std::sync::RwLockReadGuard<'_, KeyCache> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner())
+impl KeyStore {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeyCache> {
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_keys(&self) -> std::sync::RwLockWriteGuard<'_, KeyCache> {
-        self.keys.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, KeyCache> {
+        self.cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a refresh unless one is running.
+    fn refresh_in_background(store: &Arc<Self>) {
+        let Ok(guard) = store.refresh.clone().try_lock_owned() else {
+            return;
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            let _single_flight = guard;
+            let _ = store.fetch_unless_recent().await;
+        });
+    }
+
+    /// Waits for the running refresh, or runs one.
+    async fn refresh(&self) -> Result<(), AuthError> {
+        let _single_flight = self.refresh.lock().await;
+        self.fetch_unless_recent().await
+    }
+
+    /// Fetches the keys, at most once per `min_refresh_interval` (once a
+    /// second while none was ever fetched). A failed fetch keeps the keys
+    /// already known. Call with the refresh lock held.
+    async fn fetch_unless_recent(&self) -> Result<(), AuthError> {
+        {
+            let cache = self.read();
+            let interval = if cache.fetched_at.is_some() {
+                self.min_refresh_interval
+            } else {
+                self.min_refresh_interval.min(Duration::from_secs(1))
+            };
+            if cache.attempted_at.is_some_and(|t| t.elapsed() < interval) {
+                return if cache.fetched_at.is_some() {
+                    Ok(())
+                } else {
+                    Err(AuthError::KeysUnavailable)
+                };
+            }
+        }
+        self.write().attempted_at = Some(Instant::now());
+        let set = match self.source.fetch().await {
+            Ok(set) => set,
+            Err(error) => {
+                tracing::warn!(%error, "JWKS refresh failed");
+                return if self.read().keys.is_empty() {
+                    Err(AuthError::KeysUnavailable)
+                } else {
+                    Ok(())
+                };
+            }
+        };
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let for_signatures = jwk
+                .common
+                .public_key_use
+                .as_ref()
+                .is_none_or(|u| *u == jsonwebtoken::jwk::PublicKeyUse::Signature);
+            if !for_signatures {
+                continue;
+            }
+            let alg = match jwk.common.key_algorithm {
+                Some(declared) => match Algorithm::try_from(declared) {
+                    Ok(alg) => Some(alg),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            match DecodingKey::from_jwk(jwk) {
+                Ok(decoding) => {
+                    keys.insert(kid, Arc::new(PublishedKey { decoding, alg }));
+                }
+                Err(error) => tracing::warn!(%kid, %error, "skipping unusable JWK"),
+            }
+        }
+        let mut cache = self.write();
+        cache.keys = keys;
+        cache.fetched_at = Some(Instant::now());
+        Ok(())
     }
 }
 

@@ -29,17 +29,21 @@ ptzRya/c7L+qlL/HMyn2Grj4XxKoKn0PiG2MBtXkJABCxq1O3EdW+1hw
 const TEST_X: &str = "OOLMmxXXzfM3FIis3DeHjAIEngbaAqbc0cmv3Oy_qpQ";
 const TEST_Y: &str = "v8czKfYauPhfEqgqfQ-IbYwG1eQkAELGrU7cR1b7WHA";
 
+/// The JWKS document that publishes the test key.
+pub fn jwks_json() -> serde_json::Value {
+    serde_json::json!({ "keys": [{
+        "kty": "EC", "crv": "P-256", "x": TEST_X, "y": TEST_Y,
+        "kid": TEST_KID, "alg": "ES256", "use": "sig",
+    }]})
+}
+
 /// The JWKS that publishes the test key.
 pub struct TestJwks;
 
 impl JwksSource for TestJwks {
     fn fetch(&self) -> BoxFuture<'_, Result<JwkSet, JwksError>> {
         Box::pin(async {
-            serde_json::from_value(serde_json::json!({ "keys": [{
-                "kty": "EC", "crv": "P-256", "x": TEST_X, "y": TEST_Y,
-                "kid": TEST_KID, "alg": "ES256", "use": "sig",
-            }]}))
-            .map_err(|e| JwksError(e.to_string()))
+            serde_json::from_value(jwks_json()).map_err(|e| JwksError(e.to_string()))
         })
     }
 }
@@ -96,5 +100,57 @@ mod tests {
         let caller = verifier().verify(&token).await.unwrap();
         assert_eq!(caller.agency_id, "agy_1");
         assert!(caller.scopes.contains(Scope::NotificationsSend));
+    }
+
+    /// Serves the keys once, then never answers (a black-holed JWKS).
+    struct OnceThenHang(std::sync::atomic::AtomicBool, serde_json::Value);
+
+    impl JwksSource for OnceThenHang {
+        fn fetch(&self) -> BoxFuture<'_, Result<JwkSet, JwksError>> {
+            let first = !self.0.swap(true, std::sync::atomic::Ordering::SeqCst);
+            let json = self.1.clone();
+            Box::pin(async move {
+                if !first {
+                    std::future::pending::<()>().await;
+                }
+                serde_json::from_value(json).map_err(|e| JwksError(e.to_string()))
+            })
+        }
+    }
+
+    fn settings(max_age: Duration) -> VerifierSettings {
+        VerifierSettings {
+            issuer: TEST_ISSUER.to_owned(),
+            audience: TEST_AUDIENCE.to_owned(),
+            max_age,
+            min_refresh_interval: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn known_keys_keep_verifying_while_the_jwks_hangs() {
+        let source = OnceThenHang(Default::default(), jwks_json());
+        let verifier = TokenVerifier::new(settings(Duration::from_millis(1)), source);
+        let first = token("agy_1", &[Scope::PaymentsRead], Environment::Live);
+        verifier.verify(&first).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The keys are stale and the source hangs: a new token with the
+        // known kid still verifies, without waiting for the fetch.
+        let second = token("agy_1", &[Scope::PaymentsRead], Environment::Live);
+        let verified = tokio::time::timeout(Duration::from_secs(2), verifier.verify(&second)).await;
+        assert!(matches!(verified, Ok(Ok(_))), "{verified:?}");
+    }
+
+    #[tokio::test]
+    async fn a_jwk_that_names_another_algorithm_does_not_verify() {
+        let mut json = jwks_json();
+        json["keys"][0]["alg"] = "ES384".into();
+        let source = OnceThenHang(Default::default(), json);
+        let verifier = TokenVerifier::new(settings(Duration::from_secs(60)), source);
+        let token = token("agy_1", &[Scope::PaymentsRead], Environment::Live);
+        assert_eq!(
+            verifier.verify(&token).await.unwrap_err(),
+            crate::auth::AuthError::Algorithm
+        );
     }
 }

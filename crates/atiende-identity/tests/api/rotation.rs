@@ -36,7 +36,7 @@ fn http_verifier(app: &TestApp, min_refresh_interval: Duration) -> TokenVerifier
             max_age: Duration::from_secs(3600),
             min_refresh_interval,
         },
-        HttpJwks::new(format!("http://{}/.well-known/jwks.json", app.http_addr)),
+        HttpJwks::new(format!("http://{}/.well-known/jwks.json", app.http_addr)).unwrap(),
     )
 }
 
