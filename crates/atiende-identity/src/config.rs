@@ -84,6 +84,22 @@ impl Default for TokenConfig {
 }
 
 impl IdentityConfig {
+    /// Refuses settings that would break the token and key invariants.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.tokens;
+        let ttl = t.access_token_ttl_ms;
+        if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(24 * 3600) {
+            return Err("tokens.access_token_ttl_ms must be between 1 minute and 24 hours".into());
+        }
+        if t.key_reload_interval_ms >= t.next_key_lead_ms {
+            return Err("tokens.key_reload_interval_ms must be shorter than tokens.next_key_lead_ms, so every instance knows a key before it signs".into());
+        }
+        if t.next_key_lead_ms > Duration::from_secs(7 * 24 * 3600) {
+            return Err("tokens.next_key_lead_ms must be at most 7 days".into());
+        }
+        Ok(())
+    }
+
     pub fn issuer(&self) -> String {
         self.tokens
             .issuer

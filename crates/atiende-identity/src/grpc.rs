@@ -64,14 +64,8 @@ impl pb::agency_service_server::AgencyService for AgencyApi {
     ) -> Reply<pb::GetAgencyResponse> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let wanted = if req.agency_id.is_empty() {
-            None
-        } else {
-            Some(
-                parse_id(AGENCY_ID_PREFIX, &req.agency_id)
-                    .map_err(|d| ApiError::invalid("agency_id", d))?,
-            )
-        };
+        let wanted =
+            optional_agency_id(&req.agency_id).map_err(|d| ApiError::invalid("agency_id", d))?;
         let agency = self
             .0
             .get_agency(&caller, wanted.as_deref())
@@ -92,10 +86,12 @@ impl pb::agency_service_server::AgencyService for AgencyApi {
         let name = v.check("display_name", DisplayName::parse(&req.display_name));
         let scopes = v.check("scopes", parse_scopes(&req.scopes, true));
         let environment = v.check("environment", parse_environment(req.environment));
-        let ((name, scopes), environment) = v.finish_with(name.zip(scopes).zip(environment))?;
+        let agency_id = v.check("agency_id", optional_agency_id(&req.agency_id));
+        let (((name, scopes), environment), agency_id) =
+            v.finish_with(name.zip(scopes).zip(environment).zip(agency_id))?;
         let (client, secret) = self
             .0
-            .create_client(&caller, name, scopes, environment)
+            .create_client(&caller, agency_id.as_deref(), name, scopes, environment)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::CreateClientResponse {
@@ -255,6 +251,15 @@ impl pb::token_service_server::TokenService for TokenApi {
             activate_time: Some(timestamp_micros(activate_time)),
             published_keys: self.0.published_keys().iter().map(jwk_to_pb).collect(),
         }))
+    }
+}
+
+/// Empty means the caller's own agency.
+fn optional_agency_id(raw: &str) -> Result<Option<String>, String> {
+    if raw.is_empty() {
+        Ok(None)
+    } else {
+        parse_id(AGENCY_ID_PREFIX, raw).map(Some)
     }
 }
 

@@ -174,10 +174,11 @@ impl KeyRing {
 
     fn published(&self, now: i64, token_ttl: i64) -> impl Iterator<Item = &SigningKey> {
         self.0.iter().enumerate().filter_map(move |(i, key)| {
-            let retired_after = self
-                .0
-                .get(i + 1)
-                .map(|next| next.activate_time.saturating_add(token_ttl + GRACE_MICROS));
+            let retired_after = self.0.get(i + 1).map(|next| {
+                next.activate_time
+                    .saturating_add(token_ttl)
+                    .saturating_add(GRACE_MICROS)
+            });
             match retired_after {
                 Some(limit) if now >= limit => None,
                 _ => Some(key),
@@ -241,9 +242,18 @@ impl Keys {
         Ok(())
     }
 
-    /// Adds the next key: published now, signing after the lead time.
+    /// Adds the next key: published now, signing after the lead time. While
+    /// a next key is waiting to sign, rotating again returns that key: keys
+    /// are not piled up.
     pub async fn rotate(&self) -> Result<PublicKey, IdentityError> {
         let now = now_micros();
+        if let Some(pending) = self.current_ring().0.iter().find(|k| k.activate_time > now) {
+            return Ok(PublicKey {
+                kid: pending.kid.clone(),
+                x: pending.x.clone(),
+                y: pending.y.clone(),
+            });
+        }
         let row = self.generate(now.saturating_add(micros(self.next_key_lead)))?;
         store::insert_signing_key(&self.db, &row).await?;
         self.reload().await?;
@@ -252,6 +262,29 @@ impl Keys {
             x: row.public_x,
             y: row.public_y,
         })
+    }
+
+    /// Deletes keys that are no longer published (every token they signed
+    /// has expired), and re-reads the rest.
+    pub async fn prune(&self) -> Result<usize, IdentityError> {
+        let ring = self.current_ring();
+        let published: Vec<&str> = ring
+            .published(now_micros(), self.token_ttl_micros)
+            .map(|k| k.kid.as_str())
+            .collect();
+        let retired: Vec<String> = ring
+            .0
+            .iter()
+            .filter(|k| !published.contains(&k.kid.as_str()))
+            .map(|k| k.kid.clone())
+            .collect();
+        for kid in &retired {
+            store::delete_signing_key(&self.db, kid).await?;
+        }
+        if !retired.is_empty() {
+            self.reload().await?;
+        }
+        Ok(retired.len())
     }
 
     /// When the given key starts signing, in microseconds.

@@ -62,6 +62,7 @@ impl Identity {
         config: IdentityConfig,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
         if config.tokens.next_key_lead_ms < config.tokens.jwks_max_age_ms {
             tracing::warn!(
                 "tokens.next_key_lead_ms is shorter than tokens.jwks_max_age_ms: after a \
@@ -187,13 +188,19 @@ fn spawn_refreshers(
                 () = &mut stop => break,
                 _ = key_tick.tick() => keys.reload().await,
                 _ = revocation_tick.tick() => revocations.poll(&db).await,
-                _ = prune_tick.tick() => store::prune_revocations(&db, atiende_platform::storage::now_micros()).await.map(|_| ()),
+                _ = prune_tick.tick() => prune(&db, &keys).await,
             };
             if let Err(error) = result {
                 tracing::warn!(%error, "identity background refresh failed");
             }
         }
     });
+}
+
+async fn prune(db: &Database, keys: &Keys) -> Result<(), IdentityError> {
+    store::prune_revocations(db, atiende_platform::storage::now_micros()).await?;
+    keys.prune().await?;
+    Ok(())
 }
 
 /// The configured key encryption key; on SQLite without one, a key kept in

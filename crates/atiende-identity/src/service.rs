@@ -176,10 +176,12 @@ impl IdentityService {
             .ok_or(IdentityError::AgencyNotFound)
     }
 
-    /// Creates a client in the caller's agency.
+    /// Creates a client in the caller's agency, or — for operators — in
+    /// `agency_id`.
     pub async fn create_client(
         &self,
         caller: &Caller,
+        agency_id: Option<&str>,
         display_name: DisplayName,
         scopes: ScopeSet,
         environment: Environment,
@@ -187,7 +189,19 @@ impl IdentityService {
         if caller.environment == Environment::Sandbox && environment == Environment::Live {
             return Err(IdentityError::SandboxCannotManageLive);
         }
-        self.bootstrap_client(&caller.agency_id, display_name, scopes, environment)
+        let agency_id = match agency_id {
+            Some(other) if other != caller.agency_id => {
+                if self.require_operator(caller).await.is_err() {
+                    return Err(IdentityError::AgencyNotFound);
+                }
+                store::get_agency(&self.db, other)
+                    .await?
+                    .ok_or(IdentityError::AgencyNotFound)?
+                    .agency_id
+            }
+            _ => caller.agency_id.clone(),
+        };
+        self.bootstrap_client(&agency_id, display_name, scopes, environment)
             .await
     }
 

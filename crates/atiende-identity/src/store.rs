@@ -299,6 +299,16 @@ pub async fn insert_signing_key(db: &Database, key: &SigningKeyRow) -> Result<()
     Ok(())
 }
 
+pub async fn delete_signing_key(db: &Database, kid: &str) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
+            .bind(kid)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
 /// Every signing key, oldest activation first.
 pub async fn list_signing_keys(db: &Database) -> Result<Vec<SigningKeyRow>, IdentityError> {
     let rows = on_db!(db, pool => {

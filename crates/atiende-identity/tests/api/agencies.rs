@@ -15,6 +15,7 @@ fn create_client_request(name: &str, environment: PbEnvironment) -> pb::CreateCl
             pb::Scope::NotificationsRead.into(),
         ],
         environment: environment.into(),
+        agency_id: String::new(),
     }
 }
 
@@ -363,6 +364,7 @@ pub async fn bad_input_gets_invalid_argument_with_field_violations(
                 display_name: "  ".into(),
                 scopes: vec![0, 99],
                 environment: 7,
+                agency_id: String::new(),
             },
             &admin,
         ))
@@ -381,6 +383,7 @@ pub async fn bad_input_gets_invalid_argument_with_field_violations(
                 display_name: "ok".into(),
                 scopes: vec![],
                 environment: PbEnvironment::Live.into(),
+                agency_id: String::new(),
             },
             &admin,
         ))
@@ -520,6 +523,7 @@ pub async fn arbitrary_input_never_takes_the_server_down(engine: Engine) -> anyh
                         display_name: text.clone(),
                         scopes: vec![number, rng.random()],
                         environment: number,
+                        agency_id: String::new(),
                     },
                     &admin,
                 ))

@@ -204,3 +204,81 @@ pub async fn unknown_client_ids_in_bulk_do_not_block_real_clients(
     }
     Ok(())
 }
+
+/// An operator gives a new agency its first client; nobody else can create
+/// clients in another agency.
+pub async fn operators_create_the_first_client_of_a_new_agency(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    let operator = app.token(&app.operator).await?;
+    let created = app
+        .agencies()
+        .create_agency(authed(
+            pb::CreateAgencyRequest {
+                display_name: "Municipalidad".into(),
+                operator: false,
+            },
+            &operator,
+        ))
+        .await?
+        .into_inner()
+        .agency
+        .unwrap();
+    let request = pb::CreateClientRequest {
+        display_name: "Municipalidad admin".into(),
+        scopes: vec![pb::Scope::IdentityAdmin.into()],
+        environment: atiende_proto::common::v1::Environment::Live.into(),
+        agency_id: created.agency_id.clone(),
+    };
+    let client = app
+        .agencies()
+        .create_client(authed(request.clone(), &operator))
+        .await?
+        .into_inner();
+    let first = Credentials {
+        agency_id: created.agency_id.clone(),
+        client_id: client.client.unwrap().client_id,
+        client_secret: client.client_secret,
+    };
+    // The new agency's admin works in its own agency...
+    let own = app.token(&first).await?;
+    let listed = app
+        .agencies()
+        .list_clients(authed(pb::ListClientsRequest::default(), &own))
+        .await?
+        .into_inner();
+    assert_eq!(listed.clients.len(), 1);
+    // ...and cannot create clients elsewhere.
+    let elsewhere = pb::CreateClientRequest {
+        agency_id: app.operator.agency_id.clone(),
+        ..request
+    };
+    let status = app
+        .agencies()
+        .create_client(authed(elsewhere, &own))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    Ok(())
+}
+
+/// Rotating while a next key waits returns that key instead of piling up
+/// keys.
+pub async fn rotation_is_idempotent_while_a_key_waits(engine: Engine) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    let operator = app.token(&app.operator).await?;
+    let first = app
+        .tokens()
+        .rotate_signing_keys(authed(pb::RotateSigningKeysRequest {}, &operator))
+        .await?
+        .into_inner();
+    let second = app
+        .tokens()
+        .rotate_signing_keys(authed(pb::RotateSigningKeysRequest {}, &operator))
+        .await?
+        .into_inner();
+    assert_eq!(first.next_kid, second.next_kid);
+    assert_eq!(second.published_keys.len(), 2);
+    Ok(())
+}

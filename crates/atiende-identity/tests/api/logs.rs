@@ -26,6 +26,7 @@ pub async fn secrets_and_tokens_never_appear_in_logs_or_errors(
                 display_name: "Logged".into(),
                 scopes: vec![pb::Scope::PaymentsRead.into()],
                 environment: atiende_proto::common::v1::Environment::Live.into(),
+                agency_id: String::new(),
             },
             &token,
         ))

@@ -53,6 +53,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     environments::sandbox_callers_neither_see_nor_revoke_live_tokens,
     environments::revocation_from_an_instance_with_a_skewed_clock_is_seen,
     environments::unknown_client_ids_in_bulk_do_not_block_real_clients,
+    environments::operators_create_the_first_client_of_a_new_agency,
+    environments::rotation_is_idempotent_while_a_key_waits,
 ];
 
 fn main() -> ExitCode {
