@@ -11,7 +11,8 @@
 //! - [`error`]: [`error::ApiError`] and the one mapping to `tonic::Status`.
 //! - [`storage`]: SQLite and PostgreSQL pools, embedded migrations.
 //! - [`paging`], [`ids`]: page tokens and server-assigned ids.
-//! - `testing` (feature `testing`): a test signing key for services' tests.
+//! - `testing`, `harness` (feature `testing`): a test signing key, and the
+//!   test harness that runs a service's API suite on SQLite and PostgreSQL.
 //!
 //! Architecture invariant: this crate knows no service's domain. It never
 //! names a table, a template or a payment.
@@ -19,6 +20,8 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+#[cfg(feature = "testing")]
+pub mod harness;
 pub mod ids;
 pub mod paging;
 pub mod server;

@@ -19,14 +19,8 @@ mod tokens;
 
 use std::process::ExitCode;
 
-use libtest_mimic::{Arguments, Trial};
-use support::{Engine, TestFn};
-
-macro_rules! tests {
-    ($($path:path),* $(,)?) => {
-        &[$((stringify!($path), |engine| Box::pin($path(engine)))),*]
-    };
-}
+use atiende_platform::harness::{TestFn, run_suite};
+use atiende_platform::tests;
 
 const TESTS: &[(&str, TestFn)] = tests![
     tokens::issued_token_verifies_against_jwks_and_introspects_until_revoked,
@@ -58,22 +52,6 @@ const TESTS: &[(&str, TestFn)] = tests![
 ];
 
 fn main() -> ExitCode {
-    let args = Arguments::from_args();
     support::install_log_capture();
-    let postgres = support::postgres_mode();
-    let mut trials = Vec::new();
-    for engine in [Engine::Sqlite, Engine::Postgres] {
-        for (name, test) in TESTS {
-            let test = *test;
-            let name = format!("{}::{}", engine.name(), name);
-            let ignored = engine == Engine::Postgres && !postgres.run;
-            trials.push(
-                Trial::test(name, move || support::run(engine, test)).with_ignored_flag(ignored),
-            );
-        }
-    }
-    if !postgres.run {
-        eprintln!("PostgreSQL tests skipped: {}", postgres.reason);
-    }
-    libtest_mimic::run(&args, trials).exit_code()
+    run_suite(support::PG_PREFIX, TESTS)
 }

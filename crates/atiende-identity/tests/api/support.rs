@@ -1,10 +1,8 @@
 //! `TestApp`: an identity server on port 0 with a fresh database, an
 //! operator agency, and typed helpers.
 
-use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -17,65 +15,15 @@ use atiende_platform::config::{GrpcConfig, HttpConfig, StorageConfig};
 use atiende_platform::server::{
     GrpcServices, ShutdownTrigger, serve_grpc, serve_http, shutdown_channel,
 };
-use atiende_platform::storage::{Database, testing};
+use atiende_platform::storage::Database;
 use atiende_proto::identity::v1 as pb;
 use pb::agency_service_client::AgencyServiceClient;
 use pb::token_service_client::TokenServiceClient;
 use tonic::transport::Channel;
 
-pub type TestFn = fn(Engine) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+pub use atiende_platform::harness::Engine;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Sqlite,
-    Postgres,
-}
-
-impl Engine {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sqlite => "sqlite",
-            Self::Postgres => "postgres",
-        }
-    }
-}
-
-const PG_PREFIX: &str = "atiende_test_identity";
-
-pub struct PostgresMode {
-    pub run: bool,
-    pub reason: String,
-}
-
-/// Whether the PostgreSQL runs execute: always under CI, otherwise only
-/// when a server answers. Also drops databases left by earlier runs.
-pub fn postgres_mode() -> PostgresMode {
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let reachable = runtime.block_on(testing::postgres_reachable());
-    if reachable {
-        let _ = runtime.block_on(testing::drop_scratch_postgres(PG_PREFIX));
-    }
-    PostgresMode {
-        run: reachable || ci,
-        reason: format!(
-            "no PostgreSQL at {} (set ATIENDE_TEST_POSTGRES_URL)",
-            testing::postgres_admin_url()
-        ),
-    }
-}
-
-/// Runs one test on its own runtime.
-pub fn run(engine: Engine, test: TestFn) -> Result<(), libtest_mimic::Failed> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime
-        .block_on(test(engine))
-        .map_err(|e| format!("{e:#}").into())
-}
+pub const PG_PREFIX: &str = "atiende_test_identity";
 
 /// Everything every server in this binary logs, at debug level.
 pub fn captured_logs() -> String {
@@ -166,13 +114,7 @@ impl TestApp {
 
     pub async fn spawn_with(engine: Engine, options: AppOptions) -> anyhow::Result<Self> {
         let data_dir = std::env::temp_dir().join(format!("atiende-test-{}", uuid_like()));
-        let database_url = match engine {
-            Engine::Sqlite => {
-                std::fs::create_dir_all(&data_dir)?;
-                format!("sqlite://{}", data_dir.join("identity.db").display())
-            }
-            Engine::Postgres => testing::create_scratch_postgres(PG_PREFIX).await?,
-        };
+        let database_url = engine.database_url(PG_PREFIX, &data_dir).await?;
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let grpc_addr = grpc_listener.local_addr()?;

@@ -1,0 +1,108 @@
+//! The harness of every service's API test binary (feature `testing`): each
+//! test runs once on SQLite and once on PostgreSQL, on its own runtime.
+//!
+//! Without a reachable PostgreSQL the PostgreSQL runs are reported as
+//! *ignored*, with the reason printed; under CI (`CI` set) they run, and
+//! fail. Scratch databases are named `<prefix>_<random>`; those left by
+//! earlier runs are dropped when the binary starts.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use libtest_mimic::{Arguments, Trial};
+
+use crate::storage::testing;
+
+/// A test: given the engine, a future that succeeds or says why not.
+pub type TestFn = fn(Engine) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+
+    /// A fresh database for one test: a SQLite file in `dir`, or a scratch
+    /// PostgreSQL database named after `prefix`.
+    pub async fn database_url(self, prefix: &str, dir: &std::path::Path) -> anyhow::Result<String> {
+        match self {
+            Self::Sqlite => {
+                std::fs::create_dir_all(dir)?;
+                Ok(format!(
+                    "sqlite://{}",
+                    dir.join(format!("{prefix}.db")).display()
+                ))
+            }
+            Self::Postgres => Ok(testing::create_scratch_postgres(prefix).await?),
+        }
+    }
+}
+
+/// Registers test functions by path: `tests![module::name, ...]`.
+#[macro_export]
+macro_rules! tests {
+    ($($path:path),* $(,)?) => {
+        &[$((stringify!($path), |engine| Box::pin($path(engine)))),*]
+    };
+}
+
+/// Runs `tests` on both engines and returns the process exit code.
+pub fn run_suite(prefix: &'static str, tests: &[(&'static str, TestFn)]) -> ExitCode {
+    let args = Arguments::from_args();
+    let (run_postgres, reason) = postgres_mode(prefix);
+    let mut trials = Vec::new();
+    for engine in [Engine::Sqlite, Engine::Postgres] {
+        for (name, test) in tests {
+            let test = *test;
+            let ignored = engine == Engine::Postgres && !run_postgres;
+            trials.push(
+                Trial::test(format!("{}::{name}", engine.name()), move || {
+                    run(engine, test)
+                })
+                .with_ignored_flag(ignored),
+            );
+        }
+    }
+    if !run_postgres {
+        eprintln!("PostgreSQL tests skipped: {reason}");
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// Whether the PostgreSQL runs execute, and if not why. Drops scratch
+/// databases of earlier runs.
+fn postgres_mode(prefix: &str) -> (bool, String) {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    let reason = format!(
+        "no PostgreSQL at {} (set ATIENDE_TEST_POSTGRES_URL)",
+        testing::postgres_admin_url()
+    );
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        return (ci, reason);
+    };
+    let reachable = runtime.block_on(testing::postgres_reachable());
+    if reachable {
+        let _ = runtime.block_on(testing::drop_scratch_postgres(prefix));
+    }
+    (reachable || ci, reason)
+}
+
+fn run(engine: Engine, test: TestFn) -> Result<(), libtest_mimic::Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(test(engine))
+        .map_err(|e| format!("{e:#}").into())
+}
