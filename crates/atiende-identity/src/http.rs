@@ -121,11 +121,20 @@ async fn issue(
     headers: &HeaderMap,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Result<Response, OAuthError> {
-    let Form(form) = form.map_err(|_| {
-        OAuthError::bad_request(
-            "invalid_request",
-            "the body must be application/x-www-form-urlencoded",
-        )
+    let Form(form) = form.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            OAuthError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "invalid_request",
+                description: "the request body is too large",
+                basic_challenge: false,
+            }
+        } else {
+            OAuthError::bad_request(
+                "invalid_request",
+                "the body must be application/x-www-form-urlencoded",
+            )
+        }
     })?;
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {}

@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let http = atiende_platform::server::serve_http(
         http_listener,
         identity.http_router(),
+        &config.http,
         config.grpc.drain_delay_ms,
         shutdown,
     );

@@ -161,6 +161,13 @@ pub struct HttpConfig {
     pub listen_addr: SocketAddr,
     /// The URL at which users reach this listener (issuer, links).
     pub public_url: String,
+    /// Requests running longer are answered 408.
+    #[serde(with = "millis")]
+    pub request_timeout_ms: Duration,
+    /// Requests in flight; more wait for a slot.
+    pub concurrency_limit: usize,
+    /// Largest request body, in bytes; larger ones are answered 413.
+    pub max_body_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -168,6 +175,9 @@ impl Default for HttpConfig {
         Self {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: "http://127.0.0.1:8080".to_owned(),
+            request_timeout_ms: Duration::from_secs(30),
+            concurrency_limit: 256,
+            max_body_bytes: 64 * 1024,
         }
     }
 }

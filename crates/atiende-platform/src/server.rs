@@ -133,6 +133,69 @@ pub enum ServeError {
     Http(#[from] std::io::Error),
 }
 
+/// Bounds the requests in flight across all connections; more wait for a
+/// slot. Health checks never wait: a saturated server must still answer its
+/// probes, or an orchestrator restarts it for being busy.
+#[derive(Clone)]
+struct LimitLayer(Arc<tokio::sync::Semaphore>);
+
+impl LimitLayer {
+    fn new(limit: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(limit.max(1))))
+    }
+}
+
+impl<S> tower::Layer<S> for LimitLayer {
+    type Service = Limit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Limit {
+            inner,
+            permits: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Limit<S> {
+    inner: S,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+impl<S, B> tower::Service<http::Request<B>> for Limit<S>
+where
+    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = crate::auth::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if request.uri().path().starts_with(HEALTH_PREFIX) {
+            return Box::pin(inner.call(request));
+        }
+        let permits = self.permits.clone();
+        Box::pin(async move {
+            // The semaphore is never closed, so a permit always comes.
+            let _permit = permits.acquire_owned().await;
+            inner.call(request).await
+        })
+    }
+}
+
 /// Serves `services` on `listener` until `shutdown`.
 pub async fn serve_grpc(
     listener: TcpListener,
@@ -165,9 +228,7 @@ pub async fn serve_grpc(
 
     let layers = tower::ServiceBuilder::new()
         .layer(GrpcTraceLayer)
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            config.concurrency_limit.max(1),
-        ))
+        .layer(LimitLayer::new(config.concurrency_limit))
         .layer(AuthLayer::new(verifier, &services.public_methods))
         .into_inner();
 
@@ -197,15 +258,28 @@ pub async fn serve_grpc(
     Ok(())
 }
 
-/// Serves an HTTP router on `listener` until `shutdown`; like the gRPC
-/// server it keeps accepting for `drain_delay` after the signal, then lets
-/// in-flight requests finish.
+/// Serves an HTTP router on `listener` until `shutdown`, with the limits of
+/// `config` (request timeout: 408; concurrency; body size: 413). Like the
+/// gRPC server it keeps accepting for `drain_delay` after the signal, then
+/// lets in-flight requests finish.
 pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
+    config: &crate::config::HttpConfig,
     drain_delay: std::time::Duration,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
+    let limits = tower::ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(
+            |_: tower::BoxError| async { http::StatusCode::REQUEST_TIMEOUT },
+        ))
+        .layer(tower::timeout::TimeoutLayer::new(config.request_timeout_ms))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            config.concurrency_limit.max(1),
+        ));
+    let router = router
+        .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(limits);
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.wait().await;

@@ -80,13 +80,15 @@ impl DevPlatform {
             listen_addr: grpc_addr,
             ..GrpcConfig::default()
         };
+        let http_config = HttpConfig {
+            listen_addr: http_addr,
+            public_url,
+            ..HttpConfig::default()
+        };
         let identity_config = IdentityConfig {
             storage: storage.clone(),
             grpc: grpc.clone(),
-            http: HttpConfig {
-                listen_addr: http_addr,
-                public_url,
-            },
+            http: http_config.clone(),
             // The development agency is a sandbox operator.
             operators: atiende_identity::config::OperatorConfig {
                 allow_sandbox: true,
@@ -124,7 +126,7 @@ impl DevPlatform {
         let tasks = tokio::spawn(async move {
             let drain_delay = grpc.drain_delay_ms;
             let grpc = serve_grpc(grpc_listener, services, verifier, &grpc, shutdown.clone());
-            let http = serve_http(http_listener, router, drain_delay, shutdown);
+            let http = serve_http(http_listener, router, &http_config, drain_delay, shutdown);
             let (grpc, http) = tokio::join!(grpc, http);
             grpc?;
             http?;

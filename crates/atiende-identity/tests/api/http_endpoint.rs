@@ -157,6 +157,18 @@ pub async fn token_endpoint_errors_follow_rfc_6749(engine: Engine) -> anyhow::Re
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: serde_json::Value = response.json().await?;
     assert_eq!(body["error"], "invalid_request");
+
+    // A body over the HTTP limit (64 KiB) is refused before it is parsed.
+    let huge = "a".repeat(100 * 1024);
+    let response = http
+        .post(&url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", huge.as_str()),
+        ])
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     Ok(())
 }
 

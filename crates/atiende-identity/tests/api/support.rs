@@ -132,6 +132,7 @@ impl TestApp {
             http: HttpConfig {
                 listen_addr: http_addr,
                 public_url: format!("http://{http_addr}"),
+                ..HttpConfig::default()
             },
             tokens: TokenConfig {
                 key_encryption_key: Some(KeyEncryptionKey::generate_base64()?),
@@ -161,12 +162,17 @@ impl TestApp {
             )
             .await
         });
-        tokio::spawn(serve_http(
-            http_listener,
-            identity.http_router(),
-            Duration::ZERO,
-            shutdown,
-        ));
+        let (router, http_config) = (identity.http_router(), config.http.clone());
+        tokio::spawn(async move {
+            serve_http(
+                http_listener,
+                router,
+                &http_config,
+                Duration::ZERO,
+                shutdown,
+            )
+            .await
+        });
 
         let service = identity.service();
         let agency = service

@@ -263,7 +263,11 @@ pub async fn preview_renders_email_and_sms_and_reports_missing_values(
         i32::from(pb::SmsEncoding::Ucs2),
         "ó is not GSM-7"
     );
-    assert_eq!(sms.character_count, 8 * 19, "\"Su código es 1234. \" is 19 characters");
+    assert_eq!(
+        sms.character_count,
+        8 * 19,
+        "\"Su código es 1234. \" is 19 characters"
+    );
     assert_eq!(sms.fragment_count, 3);
     Ok(())
 }
