@@ -9,7 +9,7 @@ use atiende_platform::auth::{
     AccessTokenClaims, AuthError, Caller, Environment, Scope, ScopeSet, TokenVerifier, unix_now,
 };
 use atiende_platform::ids::new_id;
-use atiende_platform::paging::PageSize;
+use atiende_platform::paging::{Page, PageSize};
 use atiende_platform::storage::{Database, now_micros};
 
 use crate::domain::{
@@ -26,12 +26,6 @@ pub struct IssuedToken {
     pub scopes: ScopeSet,
     pub expires_in: i64,
     pub expire_time: i64,
-}
-
-/// A page of results and the cursor of the next page, if any.
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
 }
 
 /// Client credentials recently read from the database, so that a client
@@ -239,7 +233,7 @@ impl IdentityService {
         // A sandbox caller sees only sandbox clients.
         let environment =
             (caller.environment == Environment::Sandbox).then_some(Environment::Sandbox);
-        let mut items = store::list_clients(
+        let items = store::list_clients(
             &self.db,
             &caller.agency_id,
             environment,
@@ -247,14 +241,9 @@ impl IdentityService {
             page_size.fetch_limit(),
         )
         .await?;
-        let limit = usize::try_from(page_size.get()).unwrap_or(usize::MAX);
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|c| c.client_id.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, page_size, |c| {
+            c.client_id.clone()
+        }))
     }
 
     pub async fn rotate_client_secret(

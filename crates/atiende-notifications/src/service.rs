@@ -4,7 +4,7 @@
 
 use atiende_platform::error::{ApiError, FieldViolation};
 use atiende_platform::ids::new_id;
-use atiende_platform::paging::PageSize;
+use atiende_platform::paging::{Page, PageSize};
 use atiende_platform::storage::{Database, now_micros};
 use aws_lc_rs::digest;
 
@@ -55,12 +55,6 @@ pub struct TemplateEdit<'a> {
     pub description: &'a str,
     pub subject: &'a str,
     pub body: &'a str,
-}
-
-/// A page of results and the cursor of the next page, if any.
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
 }
 
 pub struct NotificationsService {
@@ -176,7 +170,7 @@ impl NotificationsService {
         page_size: PageSize,
         cursor: Option<&str>,
     ) -> Result<Page<Template>, NotificationsError> {
-        let mut items = store::list_templates(
+        let items = store::list_templates(
             &self.db,
             agency_id,
             channel,
@@ -184,14 +178,9 @@ impl NotificationsService {
             page_size.fetch_limit(),
         )
         .await?;
-        let limit = usize::try_from(page_size.get()).unwrap_or(usize::MAX);
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|t| t.template_id.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, page_size, |t| {
+            t.template_id.clone()
+        }))
     }
 }
 

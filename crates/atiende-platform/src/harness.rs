@@ -96,6 +96,24 @@ fn postgres_mode(prefix: &str) -> (bool, String) {
     (reachable || ci, reason)
 }
 
+/// Adds `authorization: Bearer <token>` to a request.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// The field names of a status's `google.rpc.BadRequest` violations.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
 fn run(engine: Engine, test: TestFn) -> Result<(), libtest_mimic::Failed> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -33,6 +33,33 @@ impl PageSize {
     }
 }
 
+/// A page of results and the cursor of the next page, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page from rows fetched with [`PageSize::fetch_limit`] (one more
+    /// than the page): when the extra row came, it is dropped and the last
+    /// item's cursor says where the next page starts.
+    pub fn from_overfetch(
+        mut items: Vec<T>,
+        size: PageSize,
+        cursor: impl Fn(&T) -> String,
+    ) -> Self {
+        let limit = usize::try_from(size.get()).unwrap_or(usize::MAX);
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(cursor)
+        } else {
+            None
+        };
+        Self { items, next_cursor }
+    }
+}
+
 /// Encodes a cursor and the filter fingerprint into an opaque token.
 pub fn encode_page_token(cursor: &str, filters: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("1\n{filters}\n{cursor}"))

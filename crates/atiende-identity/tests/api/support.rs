@@ -21,7 +21,7 @@ use pb::agency_service_client::AgencyServiceClient;
 use pb::token_service_client::TokenServiceClient;
 use tonic::transport::Channel;
 
-pub use atiende_platform::harness::Engine;
+pub use atiende_platform::harness::{Engine, authed, violated_fields};
 
 pub const PG_PREFIX: &str = "atiende_test_identity";
 
@@ -251,24 +251,6 @@ impl TestApp {
             client_secret: secret.expose().to_owned(),
         })
     }
-}
-
-/// Adds `authorization: Bearer <token>` to a request.
-pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
-/// The field names of a status's BadRequest violations.
-pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    status
-        .get_details_bad_request()
-        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
 }
 
 fn uuid_like() -> String {

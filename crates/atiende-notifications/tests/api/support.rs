@@ -10,7 +10,7 @@ use atiende_proto::notifications::v1 as pb;
 use pb::template_service_client::TemplateServiceClient;
 use tonic::transport::Channel;
 
-pub use atiende_platform::harness::Engine;
+pub use atiende_platform::harness::{Engine, authed, violated_fields};
 
 pub const PG_PREFIX: &str = "atiende_test_notifications";
 
@@ -58,22 +58,6 @@ pub fn agency_token(scopes: &[Scope]) -> (String, String) {
     let agency = atiende_platform::ids::new_id("agy");
     let token = testing::token(&agency, scopes, Environment::Sandbox);
     (agency, token)
-}
-
-pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
-pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    status
-        .get_details_bad_request()
-        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
 }
 
 pub fn email(name: &str, subject: &str, body: &str) -> pb::CreateTemplateRequest {
