@@ -28,6 +28,7 @@ pub struct OperatorConfig {
     /// Let sandbox clients of operator agencies act as operators. Off in
     /// production, where only live operator clients may; `atiende dev`
     /// turns it on for its sandbox development agency.
+    #[serde(deserialize_with = "atiende_platform::config::lenient::deserialize")]
     pub allow_sandbox: bool,
 }
 

@@ -153,6 +153,11 @@ impl Identity {
             .public_method("/atiende.identity.v1.TokenService/GetJwks");
     }
 
+    /// Closes the database pool (after the servers have stopped).
+    pub async fn close(&self) {
+        self.service.db.close().await;
+    }
+
     pub fn http_router(&self) -> axum::Router {
         http::router(
             self.service.clone(),

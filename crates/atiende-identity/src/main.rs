@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         shutdown,
     );
     let (grpc, http) = tokio::join!(grpc, http);
+    identity.close().await;
     grpc?;
     http?;
     Ok(())

@@ -29,8 +29,9 @@ async fn main() -> anyhow::Result<()> {
     trigger.trigger_on_signals();
     let listener = tokio::net::TcpListener::bind(config.grpc.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "atiende-payments serving gRPC");
-    atiende_platform::server::serve_grpc(listener, services, verifier, &config.grpc, shutdown)
-        .await?;
+    let served =
+        atiende_platform::server::serve_grpc(listener, services, verifier, &config.grpc, shutdown)
+            .await;
     service.database().close().await;
-    Ok(())
+    Ok(served?)
 }

@@ -5,9 +5,10 @@
 //! levels: `ATIENDE_GRPC__LISTEN_ADDR=0.0.0.0:50051` sets `[grpc] listen_addr`.
 //! Only names with a `__` are read, so other `ATIENDE_*` variables (the
 //! service links Kubernetes injects, `ATIENDE_TOKEN` in a developer's shell)
-//! are left alone. Values are read as TOML scalars when they parse as one
-//! (numbers, booleans), otherwise as strings. Secrets are
-//! [`secrecy::SecretString`]s, which never print.
+//! are left alone. Values from the environment are strings; numeric and
+//! boolean settings accept strings too ([`lenient`]), so a string setting
+//! whose value looks like a number (a password of digits) stays a string.
+//! Secrets are [`secrecy::SecretString`]s, which never print.
 //!
 //! Service configurations ignore sections they do not have, so one
 //! environment can configure several services; within a section an unknown
@@ -66,7 +67,7 @@ pub fn apply_env(doc: &mut toml::Table, vars: impl IntoIterator<Item = (String, 
             continue;
         }
         let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-        set_path(doc, &keys, scalar(&value));
+        set_path(doc, &keys, toml::Value::String(value));
     }
 }
 
@@ -90,14 +91,34 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) {
     }
 }
 
-fn scalar(raw: &str) -> toml::Value {
-    if let Ok(i) = raw.parse::<i64>() {
-        return toml::Value::Integer(i);
+/// Numbers and booleans that may also be written as strings (as every
+/// environment variable is).
+pub mod lenient {
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw<T> {
+        Typed(T),
+        Text(String),
     }
-    if let Ok(b) = raw.parse::<bool>() {
-        return toml::Value::Boolean(b);
+
+    /// A number (or boolean) as itself or as a string.
+    pub fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + FromStr,
+    {
+        match Raw::<T>::deserialize(d)? {
+            Raw::Typed(value) => Ok(value),
+            Raw::Text(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| D::Error::custom("expected a number or a boolean")),
+        }
     }
-    toml::Value::String(raw.to_owned())
 }
 
 /// Where a service keeps its files, and which database it uses.
@@ -110,6 +131,7 @@ pub struct StorageConfig {
     /// after the service in `data_dir`.
     pub database_url: Option<SecretString>,
     /// Largest number of pooled connections.
+    #[serde(deserialize_with = "lenient::deserialize")]
     pub max_connections: u32,
 }
 
@@ -133,8 +155,10 @@ pub struct GrpcConfig {
     #[serde(with = "millis")]
     pub request_timeout_ms: Duration,
     /// Requests in flight across all connections; more wait for a slot.
+    #[serde(deserialize_with = "lenient::deserialize")]
     pub concurrency_limit: usize,
     /// Largest request or response message, in bytes.
+    #[serde(deserialize_with = "lenient::deserialize")]
     pub max_message_bytes: usize,
     /// On SIGTERM, how long health reports NOT_SERVING before the listener
     /// closes (so load balancers stop routing); in-flight requests then finish.
@@ -165,8 +189,10 @@ pub struct HttpConfig {
     #[serde(with = "millis")]
     pub request_timeout_ms: Duration,
     /// Requests in flight; more wait for a slot.
+    #[serde(deserialize_with = "lenient::deserialize")]
     pub concurrency_limit: usize,
     /// Largest request body, in bytes; larger ones are answered 413.
+    #[serde(deserialize_with = "lenient::deserialize")]
     pub max_body_bytes: usize,
 }
 
@@ -222,10 +248,10 @@ impl Default for AuthConfig {
 pub mod millis {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::Deserializer;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
+        super::lenient::deserialize::<D, u64>(d).map(Duration::from_millis)
     }
 }
 

@@ -235,7 +235,17 @@ where
             async move {
                 let response = future.await;
                 let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-                rpc_duration().record(elapsed_ms, &[KeyValue::new("rpc.method", path)]);
+                // Paths nobody serves all count as one, so that requests to
+                // made-up paths cannot multiply the metric's series.
+                let unimplemented = response
+                    .as_ref()
+                    .is_ok_and(|r| r.headers().get("grpc-status").is_some_and(|s| s == "12"));
+                let method = if unimplemented {
+                    "unimplemented".to_owned()
+                } else {
+                    path
+                };
+                rpc_duration().record(elapsed_ms, &[KeyValue::new("rpc.method", method)]);
                 response
             }
             .instrument(span),

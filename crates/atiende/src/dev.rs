@@ -123,15 +123,17 @@ impl DevPlatform {
         payments.register(&mut services);
         let verifier = identity.verifier();
         let router = identity.http_router();
+        let closing = identity.clone();
         let tasks = tokio::spawn(async move {
             let drain_delay = grpc.drain_delay_ms;
             let grpc = serve_grpc(grpc_listener, services, verifier, &grpc, shutdown.clone());
             let http = serve_http(http_listener, router, &http_config, drain_delay, shutdown);
             let (grpc, http) = tokio::join!(grpc, http);
-            grpc?;
-            http?;
+            closing.close().await;
             notifications.database().close().await;
             payments.database().close().await;
+            grpc?;
+            http?;
             Ok(())
         });
         Ok(Self {
