@@ -108,7 +108,7 @@ fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
 async fn token(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
     match issue(&state, &headers, form).await {
         Ok(response) => response,
@@ -119,9 +119,9 @@ async fn token(
 async fn issue(
     state: &HttpState,
     headers: &HeaderMap,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Result<Response, OAuthError> {
-    let Form(form) = form.map_err(|rejection| {
+    let Form(pairs) = form.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             OAuthError {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -136,6 +136,16 @@ async fn issue(
             )
         }
     })?;
+    // RFC 6749 3.2: no parameter may be sent twice.
+    let mut form = HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        if form.insert(name, value).is_some() {
+            return Err(OAuthError::bad_request(
+                "invalid_request",
+                "a parameter is repeated",
+            ));
+        }
+    }
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {}
         Some(_) => {
@@ -172,6 +182,16 @@ async fn issue(
             });
         }
     };
+    let invalid_client = OAuthError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "invalid_client",
+        description: "invalid client credentials",
+        basic_challenge: used_basic,
+    };
+    // A malformed client id cannot be a client: answer without a query.
+    if atiende_platform::ids::parse_id(crate::domain::CLIENT_ID_PREFIX, &client_id).is_err() {
+        return Err(invalid_client);
+    }
     let requested = match form.get("scope") {
         Some(scope) => Some(ScopeSet::parse_list(scope).map_err(|_| {
             OAuthError::bad_request("invalid_scope", "the scope names an unknown scope")
@@ -183,12 +203,7 @@ async fn issue(
         .issue_token(&client_id, &client_secret, requested)
         .await
         .map_err(|error| match error {
-            IdentityError::InvalidClientCredentials => OAuthError {
-                status: StatusCode::UNAUTHORIZED,
-                code: "invalid_client",
-                description: "invalid client credentials",
-                basic_challenge: used_basic,
-            },
+            IdentityError::InvalidClientCredentials => invalid_client,
             IdentityError::ScopeNotGranted(_) => {
                 OAuthError::bad_request("invalid_scope", "the client may not request that scope")
             }

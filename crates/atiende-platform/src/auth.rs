@@ -436,7 +436,7 @@ const ACCEPTED_ALGORITHMS: &[Algorithm] = &[
 ];
 
 /// Upper bound on cached verified tokens; beyond it expired ones are dropped,
-/// and if that is not enough the cache starts over.
+/// and if that is not enough, half of the rest.
 const VERIFIED_CACHE_CAPACITY: usize = 100_000;
 /// Tokens longer than this are refused unparsed.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -634,7 +634,14 @@ impl TokenVerifier {
         if verified.len() >= VERIFIED_CACHE_CAPACITY {
             verified.retain(|_, c| c.expires_at > now);
             if verified.len() >= VERIFIED_CACHE_CAPACITY {
-                verified.clear();
+                // Still full of live tokens: forget an arbitrary half (hash
+                // order), not everything, so one client minting tokens in
+                // bulk cannot flush every other caller's entry at once.
+                let evicted: Vec<Box<str>> =
+                    verified.keys().take(verified.len() / 2).cloned().collect();
+                for token in evicted {
+                    verified.remove(&token);
+                }
             }
         }
         verified.insert(token.into(), caller.clone());

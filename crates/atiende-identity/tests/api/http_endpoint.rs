@@ -125,6 +125,20 @@ pub async fn token_endpoint_errors_follow_rfc_6749(engine: Engine) -> anyhow::Re
             "invalid_scope",
         ),
         (
+            "malformed client id",
+            Some(("not-a-client", secret)),
+            vec![grant],
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        (
+            "repeated parameter",
+            Some((id, secret)),
+            vec![grant, grant],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
             "two authentication methods",
             Some((id, secret)),
             vec![grant, ("client_id", id), ("client_secret", secret)],
