@@ -95,15 +95,33 @@ impl CredentialCache {
         loading.entry(client_id.to_owned()).or_default().clone()
     }
 
-    fn loaded(&self, client_id: &str) {
+    /// Called by each holder of a load lock as it lets go. The handle is
+    /// dropped while the map is locked, so the last one out — when only the
+    /// map still holds the lock — reliably removes it.
+    fn release(&self, client_id: &str, held: Arc<tokio::sync::Mutex<()>>) {
         let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
-        // The last one out removes the lock (the map holds one reference).
+        drop(held);
         if loading
             .get(client_id)
             .is_some_and(|lock| Arc::strong_count(lock) <= 1)
         {
             loading.remove(client_id);
         }
+    }
+}
+
+/// Releases a client's load lock however the load ends — finished, failed
+/// or cancelled — so that the map of locks does not grow.
+struct LoadGuard<'a> {
+    cache: &'a CredentialCache,
+    client_id: &'a str,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        let held = std::mem::take(&mut self.lock);
+        self.cache.release(self.client_id, held);
     }
 }
 
@@ -341,22 +359,20 @@ impl IdentityService {
     }
 
     async fn load_credentials(&self, client_id: &str) -> Result<Lookup, IdentityError> {
-        let lock = self.credentials.load_lock(client_id);
-        let result = async {
-            let _single_flight = lock.lock().await;
-            if let Some(cached) = self.credentials.get(client_id) {
-                return Ok(cached);
-            }
-            let loaded = store::get_client_credentials(&self.db, client_id)
-                .await?
-                .map(Arc::new);
-            self.credentials.put(client_id, loaded.clone());
-            Ok(loaded)
+        let guard = LoadGuard {
+            cache: &self.credentials,
+            client_id,
+            lock: self.credentials.load_lock(client_id),
+        };
+        let _single_flight = guard.lock.lock().await;
+        if let Some(cached) = self.credentials.get(client_id) {
+            return Ok(cached);
         }
-        .await;
-        drop(lock);
-        self.credentials.loaded(client_id);
-        result
+        let loaded = store::get_client_credentials(&self.db, client_id)
+            .await?
+            .map(Arc::new);
+        self.credentials.put(client_id, loaded.clone());
+        Ok(loaded)
     }
 
     /// RFC 7662: the token's claims if it is active and of the caller's
@@ -472,4 +488,42 @@ fn may_see(caller: &Caller, subject: &Caller) -> bool {
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(cache: &CredentialCache) -> usize {
+        cache.loading.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn load_locks_go_when_the_last_holder_lets_go_even_if_cancelled() {
+        let cache = CredentialCache::new(Duration::from_secs(1));
+        let first = LoadGuard {
+            cache: &cache,
+            client_id: "cli_a",
+            lock: cache.load_lock("cli_a"),
+        };
+        let held = first.lock.clone().lock_owned().await;
+        // A second caller waits for the first one's load, then is cancelled.
+        let waiting = async {
+            let second = LoadGuard {
+                cache: &cache,
+                client_id: "cli_a",
+                lock: cache.load_lock("cli_a"),
+            };
+            let _turn = second.lock.lock().await;
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiting)
+                .await
+                .is_err()
+        );
+        assert_eq!(pending(&cache), 1);
+        drop(held);
+        drop(first);
+        assert_eq!(pending(&cache), 0);
+    }
 }
