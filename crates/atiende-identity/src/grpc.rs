@@ -7,7 +7,7 @@ use std::sync::Arc;
 use atiende_platform::auth::{Caller, Environment, Scope, ScopeSet, caller};
 use atiende_platform::error::{ApiError, Violations};
 use atiende_platform::ids::parse_id;
-use atiende_platform::paging::{PageSize, decode_page_token, encode_page_token};
+use atiende_platform::paging::{PageSize, decode_id_cursor, encode_page_token};
 use atiende_proto::common::v1 as common;
 use atiende_proto::identity::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -108,7 +108,10 @@ impl pb::agency_service_server::AgencyService for AgencyApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let page_size = v.check("page_size", PageSize::parse(req.page_size));
-        let cursor = v.check("page_token", decode_page_token(&req.page_token, ""));
+        let cursor = v.check(
+            "page_token",
+            decode_id_cursor(&req.page_token, "", CLIENT_ID_PREFIX),
+        );
         let (page_size, cursor) = v.finish_with(page_size.zip(cursor))?;
         let page = self
             .0

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use atiende_platform::auth::{Caller, Scope, caller};
 use atiende_platform::error::{ApiError, Violations};
 use atiende_platform::ids::parse_id;
-use atiende_platform::paging::{PageSize, decode_page_token, encode_page_token};
+use atiende_platform::paging::{PageSize, decode_id_cursor, encode_page_token};
 use atiende_proto::notifications::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::domain::sms::Encoding;
-use crate::domain::template::{Personalisation, Value};
+use crate::domain::template::{MAX_INSERTED_BYTES, Personalisation, Value, is_placeholder_name};
 use crate::domain::templates::{
     self, Channel, Rendering, TEMPLATE_ID_PREFIX, Template, TemplateDraft,
 };
@@ -167,7 +167,10 @@ impl pb::template_service_server::TemplateService for TemplateApi {
         };
         let filters = format!("channel={}", req.channel);
         let page_size = v.check("page_size", PageSize::parse(req.page_size));
-        let cursor = v.check("page_token", decode_page_token(&req.page_token, &filters));
+        let cursor = v.check(
+            "page_token",
+            decode_id_cursor(&req.page_token, &filters, TEMPLATE_ID_PREFIX),
+        );
         let ((channel, page_size), cursor) = v.finish_with(channel.zip(page_size).zip(cursor))?;
         let page = self
             .0
@@ -229,6 +232,13 @@ impl pb::template_service_server::TemplateService for TemplateApi {
             Source::Unsaved(channel, subject, body) => (0, channel, subject, body),
         };
         let (rendering, problems) = templates::render(channel, &subject, &body, &values);
+        if problems.too_large {
+            return Err(ApiError::invalid(
+                "personalisation",
+                "the rendering would insert more than 1 MiB of personalisation",
+            )
+            .into());
+        }
         let mut missing = problems.missing;
         missing.extend(problems.list_not_allowed);
         Ok(Response::new(pb::PreviewTemplateResponse {
@@ -285,23 +295,47 @@ fn parse_personalisation(
         );
         return None;
     }
+    let bytes: usize = raw.iter().map(|(k, v)| k.len() + value_bytes(v)).sum();
+    if bytes > MAX_INSERTED_BYTES {
+        v.add("personalisation", "must be at most 1 MiB in all");
+        return None;
+    }
     let mut values = Personalisation::new();
     let mut ok = true;
     for (name, value) in raw {
-        match &value.kind {
-            Some(pb::personalisation_value::Kind::Text(text)) => {
-                values.insert(name, Value::Text(text.clone()))
-            }
-            Some(pb::personalisation_value::Kind::List(list)) => {
-                values.insert(name, Value::List(list.items.clone()));
-            }
+        // A key that is not a placeholder name can never be used: ignored,
+        // like any extra key (and never echoed).
+        if !is_placeholder_name(name) {
+            continue;
+        }
+        let value = match &value.kind {
+            Some(pb::personalisation_value::Kind::Text(text)) => Value::Text(text.clone()),
+            Some(pb::personalisation_value::Kind::List(list)) => Value::List(list.items.clone()),
             None => {
                 v.add(format!("personalisation[{name}]"), "must be text or a list");
                 ok = false;
+                continue;
             }
+        };
+        if values.insert(name, value).is_some() {
+            v.add(
+                format!("personalisation[{name}]"),
+                "names the same placeholder as another key (names ignore case and spaces)",
+            );
+            ok = false;
         }
     }
     ok.then_some(values)
+}
+
+fn value_bytes(value: &pb::PersonalisationValue) -> usize {
+    match &value.kind {
+        Some(pb::personalisation_value::Kind::Text(text)) => text.len(),
+        Some(pb::personalisation_value::Kind::List(list)) => {
+            list.items.iter().map(String::len).sum()
+        }
+        None => 0,
+    }
 }
 
 fn template_to_pb(t: &Template) -> pb::Template {

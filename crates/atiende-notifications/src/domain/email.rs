@@ -418,7 +418,7 @@ mod tests {
         for _ in 0..5_000 {
             let subject = crate::domain::arbitrary::text(&mut rng, 8);
             let body = crate::domain::arbitrary::text(&mut rng, 60);
-            let template = TemplateText::parse(&format!("{subject}{body}"));
+            let template = TemplateText::parse(&format!("{subject}\n{body}"));
             let mut v = Personalisation::new();
             for name in template.placeholders() {
                 let value = crate::domain::arbitrary::text(&mut rng, 10);
@@ -438,6 +438,15 @@ mod tests {
                 );
             }
             assert!(!email.subject.chars().any(char::is_control));
+            // What a template says it needs is what a render without
+            // values reports missing.
+            let mut none = Problems::default();
+            render(&subject, &body, &Personalisation::new(), &mut none);
+            let mut listed = template.placeholders();
+            let mut missing = none.missing.clone();
+            listed.sort();
+            missing.sort();
+            assert_eq!(listed, missing, "{subject:?} {body:?}");
             // Links come only from the template's own https:// text.
             assert!(email.html.matches("<a href").count() <= body.matches("https://").count());
         }

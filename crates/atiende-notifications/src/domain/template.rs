@@ -10,6 +10,9 @@
 use std::collections::BTreeMap;
 
 const MAX_NAME_CHARS: usize = 100;
+/// The most personalisation one rendering inserts (a value used many times
+/// counts each time), so no request can make a rendering huge.
+pub const MAX_INSERTED_BYTES: usize = 1024 * 1024;
 
 /// A personalisation value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,9 +44,10 @@ impl Personalisation {
         Self::default()
     }
 
-    /// Adds a value; keys are normalised like placeholder names.
-    pub fn insert(&mut self, name: &str, value: Value) {
-        self.0.insert(normalise(name), value);
+    /// Adds a value; keys are normalised like placeholder names. Returns
+    /// the value another key with the same normalised name had.
+    pub fn insert(&mut self, name: &str, value: Value) -> Option<Value> {
+        self.0.insert(normalise(name), value)
     }
 
     fn get(&self, key: &str) -> Option<&Value> {
@@ -69,13 +73,54 @@ pub fn normalise(name: &str) -> String {
         .collect()
 }
 
-fn is_valid_name(name: &str) -> bool {
+/// Whether `name` could name a placeholder.
+pub fn is_placeholder_name(name: &str) -> bool {
     let count = name.chars().count();
-    (1..=MAX_NAME_CHARS).contains(&count)
-        && name.trim() == name
-        && name
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '_' | '-'))
+    (1..=MAX_NAME_CHARS).contains(&count) && name.trim() == name && name.chars().all(is_name_char)
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, ' ' | '_' | '-')
+}
+
+/// The placeholder that starts right after a `((`, and how many bytes of
+/// `after` it takes (through its `))`).
+fn placeholder_at(after: &str) -> Option<(Segment, usize)> {
+    let mut name_end = 0;
+    for (count, (at, c)) in after.char_indices().enumerate() {
+        if count == MAX_NAME_CHARS || !is_name_char(c) {
+            break;
+        }
+        name_end = at + c.len_utf8();
+    }
+    let name = &after[..name_end];
+    if name.is_empty() || name.trim() != name {
+        return None;
+    }
+    let tail = &after[name_end..];
+    if tail.starts_with("))") {
+        return Some((Segment::Placeholder(name.to_owned()), name_end + 2));
+    }
+    let conditional = tail.strip_prefix("??")?;
+    // The text runs to the first "))"; a "((" or a line break first means
+    // this is no placeholder. Parentheses are one byte, so `i + 1` is a
+    // character boundary.
+    let mut from = 0;
+    loop {
+        let i = from + conditional[from..].find(['(', ')', '\n', '\r'])?;
+        let here = &conditional[i..];
+        if here.starts_with("))") {
+            let segment = Segment::Conditional {
+                name: name.to_owned(),
+                text: conditional[..i].to_owned(),
+            };
+            return Some((segment, name_end + 2 + i + 2));
+        }
+        if here.starts_with("((") || here.starts_with(['\n', '\r']) {
+            return None;
+        }
+        from = i + 1;
+    }
 }
 
 /// One piece of template text.
@@ -105,34 +150,23 @@ impl Segment {
 pub struct TemplateText(Vec<Segment>);
 
 impl TemplateText {
+    /// Parses in one pass: each `((` is examined over at most a name's
+    /// length (and a conditional's text up to the next `((`, `))` or line
+    /// break), so no input makes parsing slower than linear.
     pub fn parse(raw: &str) -> Self {
         let mut segments = Vec::new();
         let mut text = String::new();
         let mut rest = raw;
         while let Some(open) = rest.find("((") {
             let after = &rest[open + 2..];
-            let placeholder = after.find("))").and_then(|close| {
-                let inner = &after[..close];
-                let segment = match inner.split_once("??") {
-                    Some((name, cond)) if is_valid_name(name) && !cond.contains("((") => {
-                        Segment::Conditional {
-                            name: name.to_owned(),
-                            text: cond.to_owned(),
-                        }
-                    }
-                    None if is_valid_name(inner) => Segment::Placeholder(inner.to_owned()),
-                    _ => return None,
-                };
-                Some((segment, close))
-            });
-            match placeholder {
-                Some((segment, close)) => {
+            match placeholder_at(after) {
+                Some((segment, consumed)) => {
                     text.push_str(&rest[..open]);
                     if !text.is_empty() {
                         segments.push(Segment::Text(std::mem::take(&mut text)));
                     }
                     segments.push(segment);
-                    rest = &after[close + 2..];
+                    rest = &after[consumed..];
                 }
                 None => {
                     // Not a placeholder: keep one "(" as text and look again
@@ -156,16 +190,13 @@ impl TemplateText {
     /// Placeholder names as first written, in order of first use, without
     /// duplicates (by normalised name).
     pub fn placeholders(&self) -> Vec<String> {
-        let mut seen = Vec::<String>::new();
-        let mut names = Vec::new();
-        for name in self.0.iter().filter_map(Segment::name) {
-            let key = normalise(name);
-            if !seen.contains(&key) {
-                seen.push(key);
-                names.push(name.to_owned());
-            }
-        }
-        names
+        let mut seen = std::collections::HashSet::new();
+        self.0
+            .iter()
+            .filter_map(Segment::name)
+            .filter(|name| seen.insert(normalise(name)))
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -176,11 +207,26 @@ pub struct Problems {
     pub missing: Vec<String>,
     /// Placeholders whose value is a list where only text is allowed.
     pub list_not_allowed: Vec<String>,
+    /// Bytes of personalisation inserted so far.
+    pub inserted_bytes: usize,
+    /// The rendering would insert more than [`MAX_INSERTED_BYTES`]; it was
+    /// cut short.
+    pub too_large: bool,
 }
 
 impl Problems {
     pub fn is_empty(&self) -> bool {
-        self.missing.is_empty() && self.list_not_allowed.is_empty()
+        self.missing.is_empty() && self.list_not_allowed.is_empty() && !self.too_large
+    }
+
+    /// Counts `bytes` more of inserted personalisation; `false` once over
+    /// the limit.
+    fn spend(&mut self, bytes: usize) -> bool {
+        self.inserted_bytes = self.inserted_bytes.saturating_add(bytes);
+        if self.inserted_bytes > MAX_INSERTED_BYTES {
+            self.too_large = true;
+        }
+        !self.too_large
     }
 
     fn missing(&mut self, name: &str) {
@@ -234,8 +280,20 @@ pub fn fill<'a>(
         match segment {
             Segment::Text(text) => out.push(Filled::Template(text)),
             Segment::Placeholder(name) => match values.get(&normalise(name)) {
-                Some(Value::Text(value)) => out.push(Filled::Value(value)),
-                Some(Value::List(items)) if allow_lists => out.push(Filled::List(items)),
+                // Over the size limit, placeholders stay unfilled.
+                Some(Value::Text(value)) => out.push(if problems.spend(value.len()) {
+                    Filled::Value(value)
+                } else {
+                    Filled::Unfilled(name)
+                }),
+                Some(Value::List(items)) if allow_lists => {
+                    let bytes = items.iter().map(String::len).sum();
+                    out.push(if problems.spend(bytes) {
+                        Filled::List(items)
+                    } else {
+                        Filled::Unfilled(name)
+                    });
+                }
                 Some(Value::List(_)) => {
                     problems.list(name);
                     out.push(Filled::Unfilled(name));
@@ -376,5 +434,40 @@ mod tests {
             }
             assert_eq!(problems.missing.len(), parsed.placeholders().len());
         }
+    }
+
+    #[test]
+    fn conditionals_do_not_span_lines_and_adversarial_shapes_parse() {
+        let t = TemplateText::parse("((vip??a\nb))");
+        assert!(t.placeholders().is_empty());
+        // Shapes that made a naive parser quadratic; each parses to text.
+        for raw in [
+            "(".repeat(100_000),
+            "((".repeat(50_000),
+            "((a??".repeat(20_000),
+            "((((".repeat(25_000) + "))",
+        ] {
+            let t = TemplateText::parse(&raw);
+            let mut problems = Problems::default();
+            assert_eq!(
+                to_plain(&fill(
+                    t.segments(),
+                    &Personalisation::new(),
+                    true,
+                    &mut problems
+                )),
+                raw
+            );
+        }
+    }
+
+    #[test]
+    fn renderings_stop_growing_at_the_size_limit() {
+        let t = TemplateText::parse(&"((x))".repeat(20));
+        let values: Personalisation = [("x", text(&"v".repeat(100_000)))].into_iter().collect();
+        let mut problems = Problems::default();
+        let out = to_plain(&fill(t.segments(), &values, true, &mut problems));
+        assert!(problems.too_large);
+        assert!(out.len() <= MAX_INSERTED_BYTES + 20 * 5);
     }
 }

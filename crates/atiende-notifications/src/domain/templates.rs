@@ -65,10 +65,12 @@ impl TemplateDraft {
                 format!("must be at most {MAX_NAME_CHARS} characters, without control characters"),
             ));
         }
-        if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        if description.chars().count() > MAX_DESCRIPTION_CHARS || has_stray_controls(description) {
             violations.push((
                 "description",
-                format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+                format!(
+                    "must be at most {MAX_DESCRIPTION_CHARS} characters, without control characters"
+                ),
             ));
         }
         violations.extend(Self::content_violations(channel, subject, body));
@@ -89,13 +91,23 @@ impl TemplateDraft {
     /// content).
     pub fn content_violations(channel: Channel, subject: &str, body: &str) -> Vec<DraftViolation> {
         let mut violations = Vec::new();
+        if has_stray_controls(body) {
+            violations.push((
+                "body",
+                "must not contain control characters other than line breaks and tabs".to_owned(),
+            ));
+            if channel == Channel::Sms && !subject.is_empty() {
+                violations.push(("subject", "must be empty for SMS templates".to_owned()));
+            }
+            return violations;
+        }
         match channel {
             Channel::Email => {
                 let subject = subject.trim();
                 if subject.is_empty() {
                     violations.push(("subject", "is required for email templates".to_owned()));
                 } else if subject.chars().count() > MAX_SUBJECT_CHARS
-                    || subject.contains(['\n', '\r'])
+                    || subject.chars().any(char::is_control)
                 {
                     violations.push((
                         "subject",
@@ -136,6 +148,13 @@ impl TemplateDraft {
         let text = TemplateText::parse(&format!("{}\n{}", self.subject, self.body));
         text.placeholders()
     }
+}
+
+/// Control characters other than line breaks and tabs (NUL above all,
+/// which PostgreSQL refuses to store).
+fn has_stray_controls(text: &str) -> bool {
+    text.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
 }
 
 /// One version of a stored template.

@@ -381,6 +381,55 @@ pub async fn bad_input_gets_field_violations(engine: Engine) -> anyhow::Result<(
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["page_size", "page_token"]);
+
+    // NUL (which PostgreSQL cannot store) is bad input on both engines.
+    let status = app
+        .templates()
+        .create_template(authed(sms("x", "a\u{0}b"), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), violated_fields(&status)),
+        (Code::InvalidArgument, vec!["body".to_owned()])
+    );
+
+    // Two keys for one placeholder, and personalisation over 1 MiB.
+    let content = Some(pb::preview_template_request::Source::Content(
+        pb::TemplateContent {
+            channel: pb::Channel::Sms.into(),
+            subject: String::new(),
+            body: "((first name))".into(),
+        },
+    ));
+    let preview = |personalisation| pb::PreviewTemplateRequest {
+        source: content.clone(),
+        template_version: 0,
+        personalisation,
+    };
+    let status = app
+        .templates()
+        .preview_template(authed(
+            preview(
+                [
+                    ("First Name".to_owned(), text("a")),
+                    ("firstname".to_owned(), text("b")),
+                ]
+                .into(),
+            ),
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = app
+        .templates()
+        .preview_template(authed(
+            preview([("first name".to_owned(), text(&"x".repeat(1024 * 1024 + 1)))].into()),
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["personalisation"]);
     Ok(())
 }
 
