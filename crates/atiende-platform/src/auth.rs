@@ -617,16 +617,22 @@ impl TokenVerifier {
             }
             return Ok(key);
         }
-        match tokio::time::timeout(UNKNOWN_KID_WAIT, self.keys.refresh()).await {
-            Ok(result) => result?,
-            Err(_) => return Err(AuthError::KeysUnavailable),
+        // The fetch runs in its own task, so a waiter that gives up (or is
+        // cancelled) never aborts it; waiters wait for the refresh lock,
+        // which the task holds until the fetch is done.
+        KeyStore::refresh_in_background(&self.keys);
+        if tokio::time::timeout(UNKNOWN_KID_WAIT, self.keys.refresh.lock())
+            .await
+            .is_err()
+        {
+            return Err(AuthError::KeysUnavailable);
         }
-        self.keys
-            .read()
-            .keys
-            .get(kid)
-            .cloned()
-            .ok_or(AuthError::UnknownKey)
+        let cache = self.keys.read();
+        match cache.keys.get(kid) {
+            Some(key) => Ok(key.clone()),
+            None if cache.keys.is_empty() => Err(AuthError::KeysUnavailable),
+            None => Err(AuthError::UnknownKey),
+        }
     }
 
     fn remember(&self, token: &str, caller: &Caller, now: i64) {
@@ -661,8 +667,24 @@ impl KeyStore {
         self.cache.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a refresh unless one is running.
+    /// Whether a fetch was tried within the minimum interval (a second while
+    /// no key was ever fetched).
+    fn tried_recently(&self) -> bool {
+        let cache = self.read();
+        let interval = if cache.fetched_at.is_some() {
+            self.min_refresh_interval
+        } else {
+            self.min_refresh_interval.min(Duration::from_secs(1))
+        };
+        cache.attempted_at.is_some_and(|t| t.elapsed() < interval)
+    }
+
+    /// Starts a refresh unless one is running or one was tried within the
+    /// minimum interval.
     fn refresh_in_background(store: &Arc<Self>) {
+        if store.tried_recently() {
+            return;
+        }
         let Ok(guard) = store.refresh.clone().try_lock_owned() else {
             return;
         };
@@ -673,30 +695,16 @@ impl KeyStore {
         });
     }
 
-    /// Waits for the running refresh, or runs one.
-    async fn refresh(&self) -> Result<(), AuthError> {
-        let _single_flight = self.refresh.lock().await;
-        self.fetch_unless_recent().await
-    }
-
     /// Fetches the keys, at most once per `min_refresh_interval` (once a
     /// second while none was ever fetched). A failed fetch keeps the keys
     /// already known. Call with the refresh lock held.
     async fn fetch_unless_recent(&self) -> Result<(), AuthError> {
-        {
-            let cache = self.read();
-            let interval = if cache.fetched_at.is_some() {
-                self.min_refresh_interval
+        if self.tried_recently() {
+            return if self.read().fetched_at.is_some() {
+                Ok(())
             } else {
-                self.min_refresh_interval.min(Duration::from_secs(1))
+                Err(AuthError::KeysUnavailable)
             };
-            if cache.attempted_at.is_some_and(|t| t.elapsed() < interval) {
-                return if cache.fetched_at.is_some() {
-                    Ok(())
-                } else {
-                    Err(AuthError::KeysUnavailable)
-                };
-            }
         }
         self.write().attempted_at = Some(Instant::now());
         let set = match self.source.fetch().await {

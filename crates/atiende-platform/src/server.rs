@@ -226,10 +226,12 @@ pub async fn serve_grpc(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
+    // The limit sits inside authentication: a request without a valid
+    // token never takes a slot from one that has.
     let layers = tower::ServiceBuilder::new()
         .layer(GrpcTraceLayer)
-        .layer(LimitLayer::new(config.concurrency_limit))
         .layer(AuthLayer::new(verifier, &services.public_methods))
+        .layer(LimitLayer::new(config.concurrency_limit))
         .into_inner();
 
     let names = services.names;
@@ -274,7 +276,8 @@ pub async fn serve_http(
             |_: tower::BoxError| async { http::StatusCode::REQUEST_TIMEOUT },
         ))
         .layer(tower::timeout::TimeoutLayer::new(config.request_timeout_ms))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
+        // Global: one semaphore shared by every route of the listener.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.concurrency_limit.max(1),
         ));
     let router = router

@@ -153,4 +153,30 @@ mod tests {
             crate::auth::AuthError::Algorithm
         );
     }
+
+    /// Answers after ten (virtual) seconds.
+    struct Slow;
+
+    impl JwksSource for Slow {
+        fn fetch(&self) -> BoxFuture<'_, Result<JwkSet, JwksError>> {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                serde_json::from_value(jwks_json()).map_err(|e| JwksError(e.to_string()))
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_giving_up_does_not_abort_the_fetch() {
+        let verifier = TokenVerifier::new(settings(Duration::from_secs(60)), Slow);
+        let token = token("agy_1", &[Scope::PaymentsRead], Environment::Live);
+        // The first caller waits 5 s, gives up; the fetch goes on.
+        assert_eq!(
+            verifier.verify(&token).await.unwrap_err(),
+            crate::auth::AuthError::KeysUnavailable
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        // Fetched meanwhile: the token verifies.
+        verifier.verify(&token).await.unwrap();
+    }
 }
