@@ -36,11 +36,22 @@ pub struct IssuedToken {
 /// TTL — the same bound as revocations.
 pub(crate) struct CredentialCache {
     ttl: Duration,
-    entries: RwLock<HashMap<String, (Instant, Lookup)>>,
+    entries: RwLock<Entries>,
     /// One database read per client id at a time: when an entry expires
     /// under load, the first caller reads it and the others wait for that
     /// read. Different ids never wait for each other.
     loading: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Known clients, and ids known not to exist, apart: a flood of made-up ids
+/// fills only the second map, never evicting real clients.
+#[derive(Default)]
+struct Entries {
+    clients: HashMap<String, (Instant, Arc<Credentials>)>,
+    unknown: HashMap<String, Instant>,
+    /// When a client was last forgotten (rotated or disabled here): a load
+    /// that started before that must not put its older read back.
+    forgotten: HashMap<String, Instant>,
 }
 
 /// A client and the hash of its secret.
@@ -50,12 +61,27 @@ type Credentials = (Client, SecretHash);
 type Lookup = Option<Arc<Credentials>>;
 
 const CREDENTIAL_CACHE_CAPACITY: usize = 10_000;
+const UNKNOWN_CACHE_CAPACITY: usize = 1_000;
+
+/// Drops expired entries of a full map, then half of the rest if needed.
+fn make_room<V>(map: &mut HashMap<String, V>, capacity: usize, fresh: impl Fn(&V) -> bool) {
+    if map.len() < capacity {
+        return;
+    }
+    map.retain(|_, v| fresh(v));
+    if map.len() >= capacity {
+        let evicted: Vec<String> = map.keys().take(map.len() / 2).cloned().collect();
+        for key in evicted {
+            map.remove(&key);
+        }
+    }
+}
 
 impl CredentialCache {
     pub(crate) fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Entries::default()),
             loading: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -63,31 +89,65 @@ impl CredentialCache {
     /// `Some(None)`: known not to exist; `None`: not cached.
     fn get(&self, client_id: &str) -> Option<Lookup> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, credentials)) = entries.clients.get(client_id)
+            && at.elapsed() < self.ttl
+        {
+            return Some(Some(credentials.clone()));
+        }
         entries
+            .unknown
             .get(client_id)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, credentials)| credentials.clone())
+            .filter(|at| at.elapsed() < self.ttl)
+            .map(|_| None)
     }
 
-    fn put(&self, client_id: &str, credentials: Lookup) {
+    /// Caches what a load that started at `started` read, unless the client
+    /// was forgotten since.
+    fn put(&self, client_id: &str, lookup: Lookup, started: Instant) {
         if self.ttl.is_zero() {
             return;
         }
+        let ttl = self.ttl;
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= CREDENTIAL_CACHE_CAPACITY {
-            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
-            if entries.len() >= CREDENTIAL_CACHE_CAPACITY {
-                entries.clear();
+        if entries
+            .forgotten
+            .get(client_id)
+            .is_some_and(|at| *at >= started)
+        {
+            return;
+        }
+        let now = Instant::now();
+        match lookup {
+            Some(credentials) => {
+                make_room(
+                    &mut entries.clients,
+                    CREDENTIAL_CACHE_CAPACITY,
+                    |(at, _)| at.elapsed() < ttl,
+                );
+                entries
+                    .clients
+                    .insert(client_id.to_owned(), (now, credentials));
+            }
+            None => {
+                make_room(&mut entries.unknown, UNKNOWN_CACHE_CAPACITY, |at| {
+                    at.elapsed() < ttl
+                });
+                entries.unknown.insert(client_id.to_owned(), now);
             }
         }
-        entries.insert(client_id.to_owned(), (Instant::now(), credentials));
     }
 
     fn forget(&self, client_id: &str) {
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(client_id);
+        let ttl = self.ttl;
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.clients.remove(client_id);
+        entries.unknown.remove(client_id);
+        make_room(&mut entries.forgotten, CREDENTIAL_CACHE_CAPACITY, |at| {
+            at.elapsed() < ttl
+        });
+        entries
+            .forgotten
+            .insert(client_id.to_owned(), Instant::now());
     }
 
     fn load_lock(&self, client_id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -368,10 +428,11 @@ impl IdentityService {
         if let Some(cached) = self.credentials.get(client_id) {
             return Ok(cached);
         }
+        let started = Instant::now();
         let loaded = store::get_client_credentials(&self.db, client_id)
             .await?
             .map(Arc::new);
-        self.credentials.put(client_id, loaded.clone());
+        self.credentials.put(client_id, loaded.clone(), started);
         Ok(loaded)
     }
 
@@ -472,8 +533,9 @@ impl IdentityService {
         let client = store::get_client(&self.db, &caller.agency_id, client_id)
             .await?
             .ok_or(IdentityError::ClientNotFound)?;
+        // To a sandbox caller a live client does not exist.
         if caller.environment == Environment::Sandbox && client.environment == Environment::Live {
-            return Err(IdentityError::SandboxCannotManageLive);
+            return Err(IdentityError::ClientNotFound);
         }
         Ok(client)
     }
@@ -525,5 +587,40 @@ mod tests {
         drop(held);
         drop(first);
         assert_eq!(pending(&cache), 0);
+    }
+
+    fn credentials(secret: &str) -> Arc<Credentials> {
+        let client = Client {
+            client_id: "cli_a".into(),
+            agency_id: "agy_a".into(),
+            display_name: DisplayName::parse("a").unwrap(),
+            scopes: ScopeSet::default(),
+            environment: Environment::Live,
+            state: ClientState::Active,
+            create_time: 0,
+            secret_rotate_time: 0,
+        };
+        Arc::new((client, SecretHash::of(secret)))
+    }
+
+    #[test]
+    fn a_load_that_raced_a_rotation_does_not_put_the_old_secret_back() {
+        let cache = CredentialCache::new(Duration::from_secs(60));
+        let started = Instant::now();
+        cache.forget("cli_a"); // the rotation, after the load began
+        cache.put("cli_a", Some(credentials("old")), started);
+        assert!(cache.get("cli_a").is_none());
+        cache.put("cli_a", Some(credentials("new")), Instant::now());
+        assert!(cache.get("cli_a").is_some());
+    }
+
+    #[test]
+    fn made_up_ids_never_evict_real_clients() {
+        let cache = CredentialCache::new(Duration::from_secs(60));
+        cache.put("cli_a", Some(credentials("s")), Instant::now());
+        for i in 0..(UNKNOWN_CACHE_CAPACITY * 3) {
+            cache.put(&format!("cli_{i}"), None, Instant::now());
+        }
+        assert!(matches!(cache.get("cli_a"), Some(Some(_))));
     }
 }

@@ -141,7 +141,10 @@ impl NotificationsService {
             return Ok(latest);
         }
         let next = Template {
-            version: latest.version + 1,
+            version: latest
+                .version
+                .checked_add(1)
+                .ok_or(NotificationsError::VersionConflict)?,
             draft,
             update_time: now_micros(),
             ..latest

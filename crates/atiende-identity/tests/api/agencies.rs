@@ -300,7 +300,7 @@ pub async fn sandbox_admin_cannot_create_or_manage_live_clients(
         ))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.code(), Code::NotFound);
     Ok(())
 }
 
