@@ -121,10 +121,6 @@ impl ScopeSet {
         self.0 == 0
     }
 
-    pub fn is_subset(self, other: ScopeSet) -> bool {
-        self.0 & !other.0 == 0
-    }
-
     pub fn iter(self) -> impl Iterator<Item = Scope> {
         Scope::ALL.into_iter().filter(move |s| self.contains(*s))
     }
@@ -528,10 +524,6 @@ impl TokenVerifier {
                 "set auth.jwks_grpc_endpoint, auth.jwks_url or auth.jwks_file".to_owned(),
             ))
         }
-    }
-
-    pub fn settings(&self) -> &VerifierSettings {
-        &self.settings
     }
 
     /// Verifies `token` and returns its caller.

@@ -55,10 +55,6 @@ impl Violations {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The parsed value when nothing was recorded. Combine several parsed
     /// fields with `Option::zip`.
     pub fn finish_with<T>(self, value: Option<T>) -> Result<T, ApiError> {

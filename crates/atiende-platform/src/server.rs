@@ -54,10 +54,6 @@ impl Shutdown {
     pub async fn wait(mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
-
-    pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
-    }
 }
 
 async fn wait_for_signal() {
@@ -116,10 +112,6 @@ impl GrpcServices {
     pub fn public_method(&mut self, path: &str) -> &mut Self {
         self.public_methods.push(path.to_owned());
         self
-    }
-
-    pub fn service_names(&self) -> &[&'static str] {
-        &self.names
     }
 }
 

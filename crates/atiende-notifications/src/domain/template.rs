@@ -212,6 +212,9 @@ pub struct Problems {
     /// The rendering would insert more than [`MAX_INSERTED_BYTES`]; it was
     /// cut short.
     pub too_large: bool,
+    /// Normalised names already in `missing` and `list_not_allowed`.
+    seen_missing: std::collections::HashSet<String>,
+    seen_lists: std::collections::HashSet<String>,
 }
 
 impl Problems {
@@ -230,27 +233,14 @@ impl Problems {
     }
 
     fn missing(&mut self, name: &str) {
-        if !self.missing.iter().any(|m| normalise(m) == normalise(name)) {
+        if self.seen_missing.insert(normalise(name)) {
             self.missing.push(name.to_owned());
         }
     }
 
     fn list(&mut self, name: &str) {
-        if !self
-            .list_not_allowed
-            .iter()
-            .any(|m| normalise(m) == normalise(name))
-        {
+        if self.seen_lists.insert(normalise(name)) {
             self.list_not_allowed.push(name.to_owned());
-        }
-    }
-
-    pub fn merge(&mut self, other: Problems) {
-        for name in other.missing {
-            self.missing(&name);
-        }
-        for name in other.list_not_allowed {
-            self.list(&name);
         }
     }
 }
