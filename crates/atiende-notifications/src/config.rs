@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 /// Unknown sections are ignored (one environment may configure several
 /// services); unknown keys inside a section are errors.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct NotificationsConfig {
     pub storage: StorageConfig,
@@ -27,6 +27,29 @@ pub struct NotificationsConfig {
     pub sms: SmsConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
+}
+
+/// The most a request may carry: a 50,000-row batch needs more than the
+/// platform's default.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            storage: StorageConfig::default(),
+            grpc: GrpcConfig {
+                max_message_bytes: MAX_MESSAGE_BYTES,
+                ..GrpcConfig::default()
+            },
+            http: HttpConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            auth: AuthConfig::default(),
+            email: EmailConfig::default(),
+            sms: SmsConfig::default(),
+            delivery: DeliveryConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
 }
 
 /// How live email leaves: through an SMTP server, or into files.

@@ -78,6 +78,7 @@ impl Notifications {
             limits: config.limits.clone(),
             limiter: sending::RateLimiter::new(config.limits.sends_per_minute),
             default_sender_id: config.sms.default_sender_id.clone(),
+            writer: sending::SendWriter::start(db.clone()),
         });
         let deliverer = Arc::new(Deliverer {
             db,

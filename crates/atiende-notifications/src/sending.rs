@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use atiende_platform::auth::Environment;
 use atiende_platform::ids::new_id;
 use atiende_platform::paging::{Page, PageSize};
-use atiende_platform::storage::now_micros;
+use atiende_platform::storage::{Database, now_micros};
 use aws_lc_rs::digest;
 
 use crate::domain::notifications::{
@@ -146,6 +146,97 @@ impl RateLimiter {
 
 /// A field and what is wrong with it.
 type Violation = (String, String);
+
+/// A single send waiting for its group commit.
+pub struct Pending {
+    pub notification: Notification,
+    /// (operation, key, request hash)
+    pub idempotency: Option<(&'static str, String, String)>,
+    /// (UTC day, daily limit)
+    pub daily_limit: Option<(i64, i64)>,
+}
+
+type Committed = Result<(Notification, Result<(), SendRefused>), NotificationsError>;
+
+/// Group commit of single sends: sends that arrive while a transaction is
+/// being written wait for the next one and share it, so a busy service
+/// pays one commit (one fsync) for many sends. Each send is answered only
+/// after the transaction that holds it commits.
+pub struct SendWriter {
+    queue: tokio::sync::mpsc::Sender<(Pending, tokio::sync::oneshot::Sender<Committed>)>,
+}
+
+/// Most sends in one transaction.
+const GROUP_MAX: usize = 512;
+/// Transactions being written at once: one collects while another commits.
+const WRITERS: usize = 2;
+
+impl SendWriter {
+    /// Starts the writers on the current runtime; they stop when the
+    /// writer is dropped.
+    pub fn start(db: Database) -> Self {
+        let (queue, receiver) = tokio::sync::mpsc::channel(GROUP_MAX * 8);
+        let receiver = std::sync::Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..WRITERS {
+            let (db, receiver) = (db.clone(), receiver.clone());
+            tokio::spawn(async move {
+                let mut group = Vec::with_capacity(GROUP_MAX);
+                loop {
+                    let received = receiver.lock().await.recv_many(&mut group, GROUP_MAX).await;
+                    if received == 0 {
+                        return;
+                    }
+                    write_group(&db, &mut group).await;
+                }
+            });
+        }
+        Self { queue }
+    }
+
+    async fn commit(&self, pending: Pending) -> Committed {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((pending, reply))
+            .await
+            .map_err(|_| NotificationsError::Unavailable)?;
+        answer.await.map_err(|_| NotificationsError::Unavailable)?
+    }
+}
+
+async fn write_group(
+    db: &Database,
+    group: &mut Vec<(Pending, tokio::sync::oneshot::Sender<Committed>)>,
+) {
+    // Keys in one order in every transaction: concurrent groups never
+    // deadlock on them.
+    group.sort_by(|(a, _), (b, _)| a.idempotency.cmp(&b.idempotency));
+    let sends: Vec<queue::SingleSend<'_>> = group
+        .iter()
+        .map(|(p, _)| queue::SingleSend {
+            notification: &p.notification,
+            idempotency: p
+                .idempotency
+                .as_ref()
+                .map(|(op, key, hash)| (*op, key.as_str(), hash.as_str())),
+            daily_limit: p.daily_limit,
+        })
+        .collect();
+    let result = queue::insert_singles(db, &sends).await;
+    drop(sends);
+    match result {
+        Ok(outcomes) => {
+            for ((pending, reply), outcome) in group.drain(..).zip(outcomes) {
+                let _ = reply.send(Ok((pending.notification, outcome)));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, sends = group.len(), "a group commit of sends failed");
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(NotificationsError::Unavailable));
+            }
+        }
+    }
+}
 
 impl NotificationsService {
     pub async fn send_email(
@@ -631,25 +722,26 @@ impl NotificationsService {
     async fn commit_one(
         &self,
         sender: &Sender,
-        operation: &str,
+        operation: &'static str,
         options: &SendOptions,
         hash: &str,
         notification: Notification,
     ) -> Result<Notification, NotificationsError> {
-        let idempotency = options
-            .idempotency_key
-            .as_deref()
-            .map(|key| (operation, key, hash, notification.notification_id.as_str()));
-        let record = SendRecord {
-            idempotency,
-            batch: None,
-            daily_limit: self.daily_limit(notification.channel, notification.create_time),
+        let create_time = notification.create_time;
+        let pending = Pending {
+            idempotency: options
+                .idempotency_key
+                .clone()
+                .map(|key| (operation, key, hash.to_owned())),
+            daily_limit: self
+                .daily_limit(notification.channel, create_time)
+                .map(|(_, day, limit)| (day, limit)),
+            notification,
         };
-        match queue::insert_send(&self.db, std::slice::from_ref(&notification), record).await? {
+        let (notification, outcome) = self.writer.commit(pending).await?;
+        match outcome {
             Ok(()) => {}
-            Err(SendRefused::DailyLimit) => {
-                return Err(daily_limit_error(notification.create_time));
-            }
+            Err(SendRefused::DailyLimit) => return Err(daily_limit_error(create_time)),
             Err(SendRefused::KeyTaken) => {
                 return self
                     .replay_send(sender, operation, options, hash)

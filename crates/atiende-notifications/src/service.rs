@@ -36,6 +36,8 @@ pub enum NotificationsError {
     RateLimited(std::time::Duration),
     #[error("daily limit reached")]
     DailyLimit(std::time::Duration),
+    #[error("the service is unavailable; try again")]
+    Unavailable,
     #[error("stored data does not parse: {0}")]
     Corrupt(&'static str),
     #[error("storage: {0}")]
@@ -71,6 +73,7 @@ impl From<NotificationsError> for ApiError {
                 ApiError::FailedPrecondition(error.to_string())
             }
             NotificationsError::Storage(e) => ApiError::from(e),
+            NotificationsError::Unavailable => ApiError::Unavailable,
             NotificationsError::Corrupt(_) => ApiError::internal(error),
         }
     }
@@ -90,6 +93,7 @@ pub struct NotificationsService {
     pub(crate) limits: crate::config::LimitsConfig,
     pub(crate) limiter: crate::sending::RateLimiter,
     pub(crate) default_sender_id: String,
+    pub(crate) writer: crate::sending::SendWriter,
 }
 
 impl NotificationsService {

@@ -106,7 +106,10 @@ impl DevPlatform {
         let identity = atiende_identity::Identity::open(identity_config, shutdown.clone()).await?;
         let mut notifications_config = NotificationsConfig {
             storage: storage.clone(),
-            grpc: grpc.clone(),
+            grpc: GrpcConfig {
+                max_message_bytes: atiende_notifications::config::MAX_MESSAGE_BYTES,
+                ..grpc.clone()
+            },
             http: http_config.clone(),
             ..NotificationsConfig::default()
         };

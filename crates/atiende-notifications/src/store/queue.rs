@@ -316,6 +316,122 @@ pub async fn insert_send(
     Ok(Ok(()))
 }
 
+/// One single send of a group commit.
+pub struct SingleSend<'a> {
+    pub notification: &'a Notification,
+    /// (operation, key, request hash)
+    pub idempotency: Option<(&'a str, &'a str, &'a str)>,
+    /// (UTC day, daily limit)
+    pub daily_limit: Option<(i64, i64)>,
+}
+
+/// Commits many single sends in one transaction (group commit): each gets
+/// its own answer, as if it had been committed alone. A send whose key is
+/// taken (earlier, or by another send of the group) or that would pass its
+/// daily limit is left out.
+pub async fn insert_singles(
+    db: &Database,
+    sends: &[SingleSend<'_>],
+) -> Result<Vec<Result<(), SendRefused>>, NotificationsError> {
+    let mut outcomes: Vec<Result<(), SendRefused>> = sends.iter().map(|_| Ok(())).collect();
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        // Idempotency keys: claim them all; a key not returned was taken.
+        let keyed: Vec<usize> = (0..sends.len())
+            .filter(|&i| sends[i].idempotency.is_some())
+            .collect();
+        if !keyed.is_empty() {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO idempotency_keys (agency_id, operation, idempotency_key, \
+                 request_hash, resource_id, create_time) ",
+            );
+            qb.push_values(&keyed, |mut b, &i| {
+                let s = &sends[i];
+                let (operation, key, hash) = s.idempotency.unwrap_or_default();
+                b.push_bind(&s.notification.agency_id)
+                    .push_bind(operation)
+                    .push_bind(key)
+                    .push_bind(hash)
+                    .push_bind(&s.notification.notification_id)
+                    .push_bind(s.notification.create_time);
+            });
+            qb.push(
+                " ON CONFLICT (agency_id, operation, idempotency_key) DO NOTHING \
+                 RETURNING resource_id",
+            );
+            let claimed: std::collections::HashSet<String> = qb
+                .build_query_scalar::<String>()
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+            for &i in &keyed {
+                if !claimed.contains(&sends[i].notification.notification_id) {
+                    outcomes[i] = Err(SendRefused::KeyTaken);
+                }
+            }
+        }
+        // Daily limits: one count per agency, environment, channel and day;
+        // the sends past the limit are refused and uncounted.
+        let mut groups: std::collections::BTreeMap<(&str, &str, &str, i64, i64), Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (i, s) in sends.iter().enumerate() {
+            if let (Some((day, limit)), Ok(())) = (s.daily_limit, &outcomes[i]) {
+                let n = s.notification;
+                groups
+                    .entry((&n.agency_id, n.environment.as_str(), n.channel.as_str(), day, limit))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for ((agency, environment, channel, day, limit), members) in groups {
+            let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
+            let sent: i64 = sqlx::query_scalar(
+                "INSERT INTO daily_usage (agency_id, environment, channel, day, sent) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (agency_id, environment, channel, day) \
+                 DO UPDATE SET sent = daily_usage.sent + excluded.sent RETURNING sent",
+            )
+            .bind(agency)
+            .bind(environment)
+            .bind(channel)
+            .bind(day)
+            .bind(count)
+            .fetch_one(&mut *tx)
+            .await?;
+            let before = sent - count;
+            let allowed = usize::try_from((limit - before).clamp(0, count)).unwrap_or(0);
+            let refused = members.len() - allowed;
+            if refused > 0 {
+                for &i in &members[allowed..] {
+                    outcomes[i] = Err(SendRefused::DailyLimit);
+                }
+                sqlx::query(
+                    "UPDATE daily_usage SET sent = sent - $1 WHERE agency_id = $2 \
+                     AND environment = $3 AND channel = $4 AND day = $5",
+                )
+                .bind(i64::try_from(refused).unwrap_or(0))
+                .bind(agency)
+                .bind(environment)
+                .bind(channel)
+                .bind(day)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let stored: Vec<Notification> = sends
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_ok())
+            .map(|(s, _)| s.notification.clone())
+            .collect();
+        if !stored.is_empty() {
+            insert_notifications!(tx, &stored);
+        }
+        tx.commit().await?;
+    });
+    Ok(outcomes)
+}
+
 pub async fn get_notification(
     db: &Database,
     agency_id: &str,

@@ -33,6 +33,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     sending::over_the_rate_limit_is_resource_exhausted_with_retry_info,
     sending::retention_erases_recipient_and_content_but_keeps_status,
     sending::agencies_cannot_reach_each_others_notifications_and_scopes_hold,
+    sending::a_batch_of_fifty_thousand_rows_is_accepted_in_one_request,
     delivery::email_arrives_over_smtp_with_subject_bodies_and_headers,
     delivery::smtp_down_then_up_is_retried_and_delivered,
     delivery::retries_end_in_temporary_or_technical_failure_after_the_window,

@@ -977,3 +977,79 @@ pub async fn agencies_cannot_reach_each_others_notifications_and_scopes_hold(
     assert_eq!(err.code(), Code::Unauthenticated);
     Ok(())
 }
+
+pub async fn a_batch_of_fifty_thousand_rows_is_accepted_in_one_request(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    let (_, token) = agency_token(ALL);
+    let t = app
+        .template(
+            &token,
+            email("t", "Aviso ((n))", "Hola ((nombre)), su número es ((n))."),
+        )
+        .await;
+    let recipients: Vec<pb::BatchRecipient> = (0..50_000)
+        .map(|i| pb::BatchRecipient {
+            recipient: format!("vecino{i}@correo.test"),
+            personalisation: values(&[
+                (
+                    "nombre",
+                    "Vecina o vecino de la comuna de Quinta Normal, Región Metropolitana",
+                ),
+                ("n", &i.to_string()),
+            ]),
+            reference: format!("fila-{i}"),
+            unsubscribe_url: String::new(),
+        })
+        .collect();
+    let request = pb::SendBatchRequest {
+        template_id: t,
+        channel: pb::Channel::Email.into(),
+        recipients,
+        ..Default::default()
+    };
+    assert!(
+        prost::Message::encoded_len(&request) > 4 * 1024 * 1024,
+        "bigger than gRPC's usual limit"
+    );
+    let batch = app
+        .notifications()
+        .send_batch(authed(request, &token))
+        .await?
+        .into_inner()
+        .batch
+        .unwrap();
+    assert_eq!(batch.recipient_count, 50_000);
+    let got = app
+        .notifications()
+        .get_batch(authed(
+            pb::GetBatchRequest {
+                batch_id: batch.batch_id,
+            },
+            &token,
+        ))
+        .await?
+        .into_inner()
+        .batch
+        .unwrap();
+    assert_eq!(
+        got.status_counts.iter().map(|c| c.count).sum::<i32>(),
+        50_000
+    );
+    let found = app
+        .notifications()
+        .list_notifications(authed(
+            pb::ListNotificationsRequest {
+                reference: "fila-49999".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await?
+        .into_inner()
+        .notifications;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].subject, "Aviso 49999");
+    Ok(())
+}
