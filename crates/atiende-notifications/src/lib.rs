@@ -79,8 +79,10 @@ impl Notifications {
             limiter: sending::RateLimiter::new(config.limits.sends_per_minute),
             default_sender_id: config.sms.default_sender_id.clone(),
             writer: sending::SendWriter::start(db.clone()),
+            template_cache: sending::TemplateCache::default(),
         });
         let deliverer = Arc::new(Deliverer {
+            finisher: delivery::Finisher::start(db.clone()),
             db,
             email,
             sms,

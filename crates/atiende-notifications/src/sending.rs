@@ -147,6 +147,63 @@ impl RateLimiter {
 /// A field and what is wrong with it.
 type Violation = (String, String);
 
+/// Templates as sends read them. A version never changes, so versions are
+/// kept; "the latest version" is re-read after [`LATEST_TTL`] (an update on
+/// this instance forgets it at once; on another, within the TTL).
+#[derive(Default)]
+pub struct TemplateCache {
+    entries: Mutex<HashMap<TemplateKey, (Instant, Template)>>,
+}
+
+/// (agency, template id, version or `None` for the latest)
+type TemplateKey = (String, String, Option<i32>);
+
+pub const LATEST_TTL: Duration = Duration::from_secs(1);
+const TEMPLATE_CACHE_MAX: usize = 10_000;
+
+impl TemplateCache {
+    async fn get(
+        &self,
+        db: &Database,
+        agency_id: &str,
+        template_id: &str,
+        version: Option<i32>,
+    ) -> Result<Template, NotificationsError> {
+        let key = (agency_id.to_owned(), template_id.to_owned(), version);
+        {
+            let entries = self
+                .entries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, template)) = entries.get(&key)
+                && (version.is_some() || at.elapsed() < LATEST_TTL)
+            {
+                return Ok(template.clone());
+            }
+        }
+        let template = crate::store::get_template(db, agency_id, template_id, version)
+            .await?
+            .ok_or(NotificationsError::TemplateNotFound)?;
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= TEMPLATE_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(key, (Instant::now(), template.clone()));
+        Ok(template)
+    }
+
+    /// Forgets the latest version of a template (it was just updated).
+    pub fn forget_latest(&self, agency_id: &str, template_id: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(agency_id.to_owned(), template_id.to_owned(), None));
+    }
+}
+
 /// A single send waiting for its group commit.
 pub struct Pending {
     pub notification: Notification,
@@ -766,7 +823,8 @@ impl NotificationsService {
         channel: Channel,
     ) -> Result<Template, Violation> {
         match self
-            .get_template(&sender.agency_id, template_id, version)
+            .template_cache
+            .get(&self.db, &sender.agency_id, template_id, version)
             .await
         {
             Ok(t) if t.draft.channel == channel => Ok(t),

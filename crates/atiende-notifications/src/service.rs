@@ -94,6 +94,7 @@ pub struct NotificationsService {
     pub(crate) limiter: crate::sending::RateLimiter,
     pub(crate) default_sender_id: String,
     pub(crate) writer: crate::sending::SendWriter,
+    pub(crate) template_cache: crate::sending::TemplateCache,
 }
 
 impl NotificationsService {
@@ -186,6 +187,7 @@ impl NotificationsService {
         };
         // Two updates from the same version: the primary key lets one win.
         store::insert_template_version(&self.db, &next).await?;
+        self.template_cache.forget_latest(agency_id, template_id);
         tracing::info!(template_id, version = next.version, "template updated");
         Ok(next)
     }

@@ -56,8 +56,83 @@ pub struct Signals {
     pub events: Notify,
 }
 
+/// A final status waiting for its group commit.
+struct Ending {
+    claimed: Claimed,
+    status: Status,
+    detail: String,
+    reply: tokio::sync::oneshot::Sender<Result<bool, crate::service::NotificationsError>>,
+}
+
+/// Group commit of final statuses: deliveries that end while a transaction
+/// is being written share the next one.
+pub struct Finisher {
+    queue: tokio::sync::mpsc::Sender<Ending>,
+}
+
+const FINISH_GROUP_MAX: usize = 256;
+
+impl Finisher {
+    pub fn start(db: Database) -> Self {
+        let (queue, mut receiver) = tokio::sync::mpsc::channel::<Ending>(FINISH_GROUP_MAX * 4);
+        tokio::spawn(async move {
+            let mut group = Vec::with_capacity(FINISH_GROUP_MAX);
+            while receiver.recv_many(&mut group, FINISH_GROUP_MAX).await > 0 {
+                let items: Vec<queue::Finish<'_>> = group
+                    .iter()
+                    .map(|e| queue::Finish {
+                        claimed: &e.claimed,
+                        status: e.status,
+                        detail: &e.detail,
+                    })
+                    .collect();
+                let result = queue::finish_many(&db, &items, now_micros()).await;
+                drop(items);
+                match result {
+                    Ok(current) => {
+                        for (ending, current) in group.drain(..).zip(current) {
+                            let _ = ending.reply.send(Ok(current));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recording delivery results failed");
+                        for ending in group.drain(..) {
+                            let _ = ending
+                                .reply
+                                .send(Err(crate::service::NotificationsError::Unavailable));
+                        }
+                    }
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    async fn finish(
+        &self,
+        claimed: &Claimed,
+        status: Status,
+        detail: &str,
+    ) -> Result<bool, crate::service::NotificationsError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .send(Ending {
+                claimed: claimed.clone(),
+                status,
+                detail: detail.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| crate::service::NotificationsError::Unavailable)?;
+        answer
+            .await
+            .map_err(|_| crate::service::NotificationsError::Unavailable)?
+    }
+}
+
 pub struct Deliverer {
     pub(crate) db: Database,
+    pub(crate) finisher: Finisher,
     pub(crate) email: EmailSender,
     pub(crate) sms: ProviderChain,
     pub(crate) config: DeliveryConfig,
@@ -218,7 +293,7 @@ impl Deliverer {
                 }
             }
         };
-        if queue::finish(&self.db, claimed, status, &detail, now).await? {
+        if self.finisher.finish(claimed, status, &detail).await? {
             tracing::info!(
                 notification_id = %n.notification_id,
                 status = status.as_str(),

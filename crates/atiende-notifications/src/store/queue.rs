@@ -631,36 +631,156 @@ pub async fn finish(
         }
         record_event!(tx, &n.notification_id, &n.agency_id, n.environment.as_str(), status, now);
         if let (Some(fb), Some(id)) = (fallback, &fallback_id) {
-            let sms = [Notification {
-                notification_id: id.clone(),
-                channel: Channel::Sms,
-                status: Status::Created,
-                template_id: fb.template_id.clone(),
-                template_version: fb.template_version,
-                recipient: fb.phone_number.clone(),
-                subject: String::new(),
-                body: fb.body.clone(),
-                html_body: String::new(),
-                fragment_count: fb.fragment_count,
-                email_reply_to: String::new(),
-                unsubscribe_url: String::new(),
-                fallback: None,
-                fallback_notification_id: None,
-                fallback_for_notification_id: Some(n.notification_id.clone()),
-                batch_id: None,
-                create_time: now,
-                scheduled_time: None,
-                send_time: None,
-                complete_time: None,
-                cancel_time: None,
-                update_time: now,
-                ..n.clone()
-            }];
+            let sms = [fallback_sms(n, fb, id.clone(), now)];
             insert_notifications!(tx, &sms);
         }
         tx.commit().await?;
     });
     Ok(true)
+}
+
+/// One attempt's end, for [`finish_many`].
+pub struct Finish<'a> {
+    pub claimed: &'a Claimed,
+    pub status: Status,
+    pub detail: &'a str,
+}
+
+/// Ends many claimed attempts in one transaction, as [`finish`] ends one:
+/// one bulk UPDATE, one INSERT of events, one of callbacks, and the SMS
+/// fallbacks due. Returns, per item, whether its attempt was still current.
+pub async fn finish_many(
+    db: &Database,
+    items: &[Finish<'_>],
+    now: i64,
+) -> Result<Vec<bool>, NotificationsError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fallback_ids: Vec<Option<String>> = items
+        .iter()
+        .map(|f| {
+            (f.claimed.notification.fallback.is_some() && f.status.triggers_fallback())
+                .then(|| new_id(NOTIFICATION_ID_PREFIX))
+        })
+        .collect();
+    let updated: std::collections::HashSet<String> = on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let mut qb = sqlx::QueryBuilder::new("UPDATE notifications SET status = v.column3, due_time = NULL, complete_time = ");
+        qb.push_bind(now)
+            .push(", update_time = ")
+            .push_bind(now)
+            .push(", failure_detail = v.column4, fallback_notification_id = v.column5 FROM (");
+        qb.push_values(items.iter().zip(&fallback_ids), |mut b, (f, fallback_id)| {
+            b.push_bind(&f.claimed.notification.notification_id)
+                .push("CAST(")
+                .push_bind_unseparated(f.claimed.attempt)
+                .push_unseparated(" AS BIGINT)")
+                .push_bind(f.status.as_str())
+                .push_bind(f.detail)
+                .push_bind(fallback_id);
+        });
+        qb.push(
+            ") AS v WHERE notifications.notification_id = v.column1 \
+             AND notifications.attempts = v.column2 AND notifications.status = 'sending' \
+             RETURNING notifications.notification_id",
+        );
+        let updated: std::collections::HashSet<String> = qb
+            .build_query_scalar::<String>()
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        let done: Vec<(&Finish<'_>, &Option<String>, String)> = items
+            .iter()
+            .zip(&fallback_ids)
+            .filter(|(f, _)| updated.contains(&f.claimed.notification.notification_id))
+            .map(|(f, id)| (f, id, new_id(EVENT_ID_PREFIX)))
+            .collect();
+        if !done.is_empty() {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO notification_events (event_id, notification_id, agency_id, \
+                 environment, status, occur_time) ",
+            );
+            qb.push_values(&done, |mut b, (f, _, event_id)| {
+                let n = &f.claimed.notification;
+                b.push_bind(event_id)
+                    .push_bind(&n.notification_id)
+                    .push_bind(&n.agency_id)
+                    .push_bind(n.environment.as_str())
+                    .push_bind(f.status.as_str())
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut *tx).await?;
+            // A callback for each final status of an agency that has one.
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO callback_deliveries (event_id, agency_id, environment, \
+                 notification_id, status, occur_time, due_time) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, ",
+            );
+            qb.push_bind(now).push(", ").push_bind(now).push(" FROM (");
+            qb.push_values(&done, |mut b, (f, _, event_id)| {
+                let n = &f.claimed.notification;
+                b.push_bind(event_id)
+                    .push_bind(&n.agency_id)
+                    .push_bind(n.environment.as_str())
+                    .push_bind(&n.notification_id)
+                    .push_bind(f.status.as_str());
+            });
+            qb.push(
+                ") AS v JOIN delivery_callbacks c \
+                 ON c.agency_id = v.column2 AND c.environment = v.column3",
+            );
+            qb.build().execute(&mut *tx).await?;
+            let fallbacks: Vec<Notification> = done
+                .iter()
+                .filter_map(|(f, id, _)| {
+                    let id = (*id).clone()?;
+                    let n = &f.claimed.notification;
+                    let fb = n.fallback.as_ref()?;
+                    Some(fallback_sms(n, fb, id, now))
+                })
+                .collect();
+            if !fallbacks.is_empty() {
+                insert_notifications!(tx, &fallbacks);
+            }
+        }
+        tx.commit().await?;
+        updated
+    });
+    Ok(items
+        .iter()
+        .map(|f| updated.contains(&f.claimed.notification.notification_id))
+        .collect())
+}
+
+/// The SMS notification an email's fallback becomes.
+fn fallback_sms(email: &Notification, fb: &Fallback, id: String, now: i64) -> Notification {
+    Notification {
+        notification_id: id,
+        channel: Channel::Sms,
+        status: Status::Created,
+        template_id: fb.template_id.clone(),
+        template_version: fb.template_version,
+        recipient: fb.phone_number.clone(),
+        subject: String::new(),
+        body: fb.body.clone(),
+        html_body: String::new(),
+        fragment_count: fb.fragment_count,
+        email_reply_to: String::new(),
+        unsubscribe_url: String::new(),
+        fallback: None,
+        fallback_notification_id: None,
+        fallback_for_notification_id: Some(email.notification_id.clone()),
+        batch_id: None,
+        create_time: now,
+        scheduled_time: None,
+        send_time: None,
+        complete_time: None,
+        cancel_time: None,
+        update_time: now,
+        ..email.clone()
+    }
 }
 
 /// Puts a claimed attempt back in the queue, due at `due_time`.
