@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: the service's configuration.
+//! - [`domain`]: money and currencies, the payment state machine (as a
+//!   table), cards, fees, ledger postings, payments and refunds.
 //! - [`grpc`]: the gRPC adapter (the only module that knows prost types).
 //! - [`store`]: the service's own database and migrations.
 //!
@@ -9,6 +11,7 @@
 //! it shares only `atiende-proto` and `atiende-platform`.
 
 pub mod config;
+pub mod domain;
 pub mod grpc;
 pub mod store;
 
