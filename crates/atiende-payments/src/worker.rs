@@ -1,0 +1,30 @@
+//! Background jobs. Instances coordinate through the database only: the
+//! expiry job's state changes are conditional updates, so two instances
+//! running it at once expire each payment once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atiende_platform::storage::now_micros;
+
+use crate::service::{PaymentsError, PaymentsService};
+
+/// Runs the expiry job every `interval` until the database is closed.
+pub fn spawn_expiry_job(
+    service: Arc<PaymentsService>,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match service.expire_stale_payments(now_micros()).await {
+                Ok(0) => {}
+                Ok(expired) => tracing::info!(expired, "expired stale payments"),
+                Err(PaymentsError::Storage(sqlx::Error::PoolClosed)) => return,
+                Err(error) => tracing::warn!(%error, "expiry job failed; retrying later"),
+            }
+        }
+    })
+}

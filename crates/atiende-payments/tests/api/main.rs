@@ -1,0 +1,45 @@
+//! The payments service's API tests: one binary, real gRPC over TCP, every
+//! test on SQLite and on PostgreSQL. Callers authenticate with tokens of
+//! the platform's test signing key (no identity service needed).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod access;
+mod expiry;
+mod idempotency;
+mod ledger;
+mod lifecycle;
+mod refunds;
+mod support;
+mod validation;
+
+use std::process::ExitCode;
+
+use atiende_platform::harness::{TestFn, run_suite};
+use atiende_platform::tests;
+
+const TESTS: &[(&str, TestFn)] = tests![
+    lifecycle::created_payments_can_be_read_and_listed_with_filters_and_pages,
+    lifecycle::sandbox_test_cards_drive_the_state_machine,
+    lifecycle::delayed_capture_waits_for_capture_and_captures_once,
+    lifecycle::cancel_releases_unfinished_payments_only,
+    lifecycle::events_record_every_change_in_order,
+    lifecycle::simulate_card_submission_is_sandbox_only,
+    idempotency::replayed_idempotency_key_returns_original_payment,
+    idempotency::idempotency_key_reused_with_different_parameters_is_refused,
+    idempotency::concurrent_creates_with_one_key_create_one_payment,
+    refunds::refunds_are_compare_and_set_against_the_available_amount,
+    refunds::concurrent_refunds_never_exceed_the_captured_amount,
+    refunds::refund_replay_returns_the_original_refund,
+    ledger::balances_follow_the_documented_postings,
+    ledger::random_operations_keep_the_ledger_balanced,
+    expiry::expiry_job_fails_stale_payments_with_the_expired_code,
+    access::agency_cannot_read_or_change_another_agencys_payments,
+    access::sandbox_and_live_never_see_each_other,
+    access::scopes_are_enforced,
+    validation::bad_input_gets_field_violations,
+];
+
+fn main() -> ExitCode {
+    run_suite(support::PG_PREFIX, TESTS)
+}
