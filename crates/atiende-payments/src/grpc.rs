@@ -4,9 +4,10 @@
 //! is scoped to the caller's agency and environment.
 //!
 //! Not implemented yet (UNIMPLEMENTED, after authentication):
-//! `WatchPaymentEvents`, `ExportTransactions` and `WebhookService`.
+//! `WebhookService`.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use atiende_platform::auth::{Caller, Environment, Scope, caller};
@@ -15,12 +16,15 @@ use atiende_platform::ids::parse_id;
 use atiende_platform::paging::{PageSize, decode_id_cursor, decode_page_token, encode_page_token};
 use atiende_proto::common::v1 as common;
 use atiende_proto::payments::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::domain::card::{
     CardBrand, CardNumber, CardSubmission, CardSummary, Cvc, Expiry, parse_cardholder_name,
 };
-use crate::domain::ledger::Account;
+use crate::domain::ledger::{Account, LedgerEntry, TransactionType};
 use crate::domain::money::{Currency, Money};
 use crate::domain::payment::{
     Language, NewPayment, PAYMENT_ID_PREFIX, Payment, PaymentEvent, REFUND_ID_PREFIX, Refund,
@@ -32,6 +36,7 @@ use crate::service::PaymentsService;
 use crate::store::{PaymentFilter, RefundFilter};
 
 type Reply<T> = Result<Response<T>, Status>;
+type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
@@ -240,12 +245,48 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::ListPaymentEventsResponse {
-            events: page.items.iter().map(|e| self.event_to_pb(e)).collect(),
+            events: page.items.iter().map(event_to_pb).collect(),
             next_page_token: page
                 .next_cursor
                 .map(|c| encode_page_token(&c, &filters))
                 .unwrap_or_default(),
         }))
+    }
+
+    async fn watch_payment_events(
+        &self,
+        request: Request<pb::WatchPaymentEventsRequest>,
+    ) -> Reply<ServerStream<pb::WatchPaymentEventsResponse>> {
+        let tenant = authorised(&request, Scope::PaymentsRead)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let cursor = if req.cursor.is_empty() {
+            Some(None)
+        } else {
+            v.check("cursor", parse_event_cursor(&req.cursor)).map(Some)
+        };
+        let types = v.check("types", parse_enum_list(&req.types, event_type_from_pb));
+        let (cursor, types) = v.finish_with(cursor.zip(types))?;
+        // Resolved before answering: every event recorded after the call
+        // returns is streamed.
+        let cursor = match cursor {
+            Some(cursor) => cursor,
+            None => self
+                .0
+                .current_event_cursor()
+                .await
+                .map_err(ApiError::from)?,
+        };
+        let (sink, events) = mpsc::channel(64);
+        let service = self.0.clone();
+        tokio::spawn(async move { service.watch_events(tenant, cursor, types, sink).await });
+        let stream = ReceiverStream::new(events).map(|item| match item {
+            Ok(event) => Ok(pb::WatchPaymentEventsResponse {
+                event: Some(event_to_pb(&event)),
+            }),
+            Err(error) => Err(Status::from(ApiError::from(error))),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn simulate_card_submission(
@@ -468,6 +509,104 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
                 .collect(),
             as_of_time: Some(timestamp(as_of)),
         }))
+    }
+
+    async fn export_transactions(
+        &self,
+        request: Request<pb::ExportTransactionsRequest>,
+    ) -> Reply<ServerStream<pb::ExportTransactionsResponse>> {
+        let tenant = authorised(&request, Scope::PaymentsRead)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let range = v.check(
+            "posting_time_range",
+            parse_time_range(req.posting_time_range.as_ref()),
+        );
+        let currency = if req.currency_code.is_empty() {
+            Some(None)
+        } else {
+            v.check("currency_code", Currency::parse(&req.currency_code))
+                .map(Some)
+        };
+        let ((from, end), currency) = v.finish_with(range.zip(currency))?;
+        // Entries posted after the call started are not included.
+        let before =
+            end.unwrap_or_else(|| atiende_platform::storage::now_micros().saturating_add(1));
+        let (sink, chunks) = mpsc::channel(4);
+        let service = self.0.clone();
+        tokio::spawn(async move {
+            let mut cursor = None;
+            loop {
+                let chunk = service
+                    .export_chunk(&tenant, currency, from, before, cursor.as_ref())
+                    .await;
+                let (entries, next) = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(error) => {
+                        let _ = sink.send(Err(Status::from(ApiError::from(error)))).await;
+                        return;
+                    }
+                };
+                if !entries.is_empty() {
+                    let response = pb::ExportTransactionsResponse {
+                        entries: entries.iter().map(entry_to_pb).collect(),
+                    };
+                    if sink.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(chunks))))
+    }
+}
+
+/// A WatchPaymentEvents cursor: an event's sequence number.
+fn parse_event_cursor(raw: &str) -> Result<i64, String> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|c| *c >= 0 && raw.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| "is not a cursor from an event".to_owned())
+}
+
+fn event_type_from_pb(raw: i32) -> Option<EventType> {
+    use pb::PaymentEventType as P;
+    Some(match P::try_from(raw).ok()? {
+        P::Unspecified => return None,
+        P::PaymentCreated => EventType::PaymentCreated,
+        P::PaymentStarted => EventType::PaymentStarted,
+        P::PaymentSubmitted => EventType::PaymentSubmitted,
+        P::PaymentCapturable => EventType::PaymentCapturable,
+        P::PaymentSucceeded => EventType::PaymentSucceeded,
+        P::PaymentFailed => EventType::PaymentFailed,
+        P::PaymentCancelled => EventType::PaymentCancelled,
+        P::PaymentErrored => EventType::PaymentErrored,
+        P::RefundSubmitted => EventType::RefundSubmitted,
+        P::RefundSucceeded => EventType::RefundSucceeded,
+        P::RefundErrored => EventType::RefundErrored,
+    })
+}
+
+fn entry_to_pb(e: &LedgerEntry) -> pb::LedgerEntry {
+    pb::LedgerEntry {
+        transaction_id: e.transaction_id.clone(),
+        entry_id: e.entry_id.clone(),
+        transaction_type: match e.kind {
+            TransactionType::Payment => pb::LedgerTransactionType::Payment,
+            TransactionType::Fee => pb::LedgerTransactionType::Fee,
+            TransactionType::Refund => pb::LedgerTransactionType::Refund,
+            TransactionType::RefundReversal => pb::LedgerTransactionType::RefundReversal,
+        }
+        .into(),
+        account: account_to_pb(e.account).into(),
+        amount: Some(money_to_pb(e.amount)),
+        payment_id: e.payment_id.clone(),
+        refund_id: e.refund_id.clone().unwrap_or_default(),
+        posting_time: Some(timestamp(e.posting_time)),
     }
 }
 
@@ -699,18 +838,18 @@ impl PaymentApi {
     fn payment_to_pb(&self, p: &Payment) -> pb::Payment {
         payment_to_pb(p, p.next_url(self.0.public_url()))
     }
+}
 
-    /// Events carry no next_url: they are delivered to more places than
-    /// the agency's own server (webhooks, logs), and the URL is a secret.
-    fn event_to_pb(&self, e: &PaymentEvent) -> pb::PaymentEvent {
-        pb::PaymentEvent {
-            event_id: e.event_id.clone(),
-            r#type: event_type_to_pb(e.event_type).into(),
-            cursor: e.sequence.to_string(),
-            occur_time: Some(timestamp(e.occur_time)),
-            payment: Some(payment_to_pb(&e.payment, None)),
-            refund: e.refund.as_ref().map(refund_to_pb),
-        }
+/// Events carry no next_url: they are delivered to more places than the
+/// agency's own server (streams, webhooks, logs), and the URL is a secret.
+fn event_to_pb(e: &PaymentEvent) -> pb::PaymentEvent {
+    pb::PaymentEvent {
+        event_id: e.event_id.clone(),
+        r#type: event_type_to_pb(e.event_type).into(),
+        cursor: e.sequence.to_string(),
+        occur_time: Some(timestamp(e.occur_time)),
+        payment: Some(payment_to_pb(&e.payment, None)),
+        refund: e.refund.as_ref().map(refund_to_pb),
     }
 }
 

@@ -23,7 +23,7 @@ pub mod worker;
 
 use std::sync::Arc;
 
-use atiende_platform::server::GrpcServices;
+use atiende_platform::server::{GrpcServices, Shutdown};
 use atiende_platform::storage::Database;
 use atiende_proto::payments::v1 as pb;
 
@@ -41,18 +41,27 @@ pub struct Payments {
 
 impl Payments {
     /// Connects to the service's database, applies its migrations and
-    /// starts the expiry job.
-    pub async fn open(config: &PaymentsConfig) -> anyhow::Result<Self> {
+    /// starts the expiry job. `shutdown` ends event streams (so that a
+    /// draining server is not held open by them) and the job.
+    pub async fn open(config: &PaymentsConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
         let db = Database::for_service(&config.storage, SERVICE_NAME).await?;
         db.migrate(&store::MIGRATIONS).await?;
-        let payments = Self::with_database(db, config)?;
-        worker::spawn_expiry_job(payments.service.clone(), config.payments.expiry_interval_ms);
+        let payments = Self::with_database(db, config, shutdown.clone())?;
+        worker::spawn_expiry_job(
+            payments.service.clone(),
+            config.payments.expiry_interval_ms,
+            shutdown,
+        );
         Ok(payments)
     }
 
     /// The service on an open, migrated database, without background jobs
     /// (tests drive them directly).
-    pub fn with_database(db: Database, config: &PaymentsConfig) -> anyhow::Result<Self> {
+    pub fn with_database(
+        db: Database,
+        config: &PaymentsConfig,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
         let terms = TermsBook::from_settings(&config.payments)
             .map_err(|e| anyhow::anyhow!("invalid [payments] configuration: {e}"))?;
         Ok(Self {
@@ -60,6 +69,7 @@ impl Payments {
                 db,
                 terms,
                 config.http.public_url.clone(),
+                shutdown,
             )),
             max_message_bytes: config.grpc.max_message_bytes,
         })

@@ -21,12 +21,12 @@ async fn main() -> anyhow::Result<()> {
     let verifier = std::sync::Arc::new(atiende_platform::auth::TokenVerifier::from_config(
         &config.auth,
     )?);
-    let service = atiende_payments::Payments::open(&config).await?;
+    let (trigger, shutdown) = atiende_platform::server::shutdown_channel();
+    trigger.trigger_on_signals();
+    let service = atiende_payments::Payments::open(&config, shutdown.clone()).await?;
     let mut services = atiende_platform::server::GrpcServices::new();
     service.register(&mut services);
 
-    let (trigger, shutdown) = atiende_platform::server::shutdown_channel();
-    trigger.trigger_on_signals();
     let listener = tokio::net::TcpListener::bind(config.grpc.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "atiende-payments serving gRPC");
     let served =

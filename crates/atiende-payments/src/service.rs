@@ -9,21 +9,25 @@ use atiende_platform::auth::Environment;
 use atiende_platform::error::{ApiError, FieldViolation};
 use atiende_platform::ids::new_id;
 use atiende_platform::paging::{Page, PageSize};
+use atiende_platform::server::Shutdown;
 use atiende_platform::storage::{Database, now_micros};
 use aws_lc_rs::digest;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{PaymentSettings, TermsConfig};
 use crate::domain::card::{CardSubmission, CardSummary};
 use crate::domain::fees::FeeSchedule;
-use crate::domain::ledger::capture_postings;
+use crate::domain::ledger::{LedgerEntry, capture_postings, complete_transactions};
 use crate::domain::money::{Currency, Money};
 use crate::domain::payment::{
     CAPTURE_WINDOW_MICROS, NewPayment, PAYMENT_ID_PREFIX, PAYMENT_LIFETIME_MICROS, Payment,
     PaymentEvent, REFUND_ID_PREFIX, Refund, RefundState, Tenant, Violation,
 };
-use crate::domain::state::{self, FailureReason, IllegalTransition, PaymentState};
+use crate::domain::state::{self, EventType, FailureReason, IllegalTransition, PaymentState};
 use crate::gateway::{Authorisation, CardGateway, RefundOutcome, SandboxGateway};
-use crate::store::{self, AccountBalance, PaymentFilter, RefundFilter, RefundInsert, StateChange};
+use crate::store::{
+    self, AccountBalance, ExportCursor, PaymentFilter, RefundFilter, RefundInsert, StateChange,
+};
 
 /// What can go wrong in the payments service.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +170,11 @@ impl TermsBook {
 
 pub struct PaymentsService {
     pub(crate) db: Database,
+    /// Bumped after every commit that recorded events, to wake this
+    /// instance's event streams (other instances' events are polled).
+    events_written: watch::Sender<u64>,
+    /// Ends event streams, so that a draining server is not held open.
+    shutdown: Shutdown,
     pub(crate) terms: TermsBook,
     /// The base of `next_url`.
     pub(crate) public_url: String,
@@ -175,19 +184,35 @@ pub struct PaymentsService {
     pub(crate) live: Option<Arc<dyn CardGateway>>,
 }
 
+/// Most ledger entries in one export chunk.
+pub const EXPORT_CHUNK_ENTRIES: usize = 1000;
+/// How often an event stream looks for events written by other instances.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a gap in event numbers is waited for (see
+/// [`store::committed_event_sequence`]).
+const EVENT_GAP_WAIT_MICROS: i64 = 2_000_000;
+/// Events read per query while streaming.
+const WATCH_BATCH: i64 = 100;
+
 /// How many times a state change is retried when a concurrent change got
 /// there first (each retry starts from the state it then finds).
 const STATE_CHANGE_ATTEMPTS: usize = 3;
 
 impl PaymentsService {
-    pub fn new(db: Database, terms: TermsBook, public_url: String) -> Self {
+    pub fn new(db: Database, terms: TermsBook, public_url: String, shutdown: Shutdown) -> Self {
         Self {
             db,
+            events_written: watch::channel(0).0,
+            shutdown,
             terms,
             public_url,
             sandbox: Arc::new(SandboxGateway),
             live: None,
         }
+    }
+
+    fn events_recorded(&self) {
+        self.events_written.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn public_url(&self) -> &str {
@@ -239,6 +264,7 @@ impl PaymentsService {
             update_time: now,
         };
         if store::create_payment(&self.db, &payment, idempotency).await? {
+            self.events_recorded();
             tracing::info!(payment_id = %payment.payment_id, agency_id = %tenant.agency_id, "payment created");
             return Ok(payment);
         }
@@ -352,6 +378,7 @@ impl PaymentsService {
             if let Some(changed) =
                 store::change_state(&self.db, tenant, &payment.payment_id, &change).await?
             {
+                self.events_recorded();
                 tracing::info!(
                     payment_id = %changed.payment_id,
                     from = change.from.as_str(),
@@ -535,6 +562,7 @@ impl PaymentsService {
                         .await);
                 }
             };
+        self.events_recorded();
         tracing::info!(refund_id = %refund.refund_id, payment_id, "refund submitted");
         let outcome = match self.gateway(tenant.environment) {
             Ok(gateway) => {
@@ -551,6 +579,7 @@ impl PaymentsService {
             now_micros(),
         )
         .await?;
+        self.events_recorded();
         Ok(finished.unwrap_or(refund))
     }
 
@@ -646,6 +675,96 @@ impl PaymentsService {
             store::balances(&self.db, tenant, currency, as_of).await?,
             as_of,
         ))
+    }
+
+    /// The cursor of the last event recorded so far: a stream started from
+    /// it gets only events recorded from now on.
+    pub async fn current_event_cursor(&self) -> Result<i64, PaymentsError> {
+        store::last_event_sequence(&self.db).await
+    }
+
+    /// Streams the tenant's events after `cursor` into `sink`, in recording
+    /// order, until the receiver goes away or the server shuts down. An
+    /// error ends the stream after being sent.
+    pub async fn watch_events(
+        &self,
+        tenant: Tenant,
+        cursor: i64,
+        types: Vec<EventType>,
+        sink: mpsc::Sender<Result<PaymentEvent, PaymentsError>>,
+    ) {
+        if let Err(error) = self.stream_events(&tenant, cursor, &types, &sink).await {
+            let _ = sink.send(Err(error)).await;
+        }
+    }
+
+    async fn stream_events(
+        &self,
+        tenant: &Tenant,
+        cursor: i64,
+        types: &[EventType],
+        sink: &mpsc::Sender<Result<PaymentEvent, PaymentsError>>,
+    ) -> Result<(), PaymentsError> {
+        let mut written = self.events_written.subscribe();
+        let stop = self.shutdown.clone().wait();
+        tokio::pin!(stop);
+        let mut after = cursor;
+        loop {
+            loop {
+                let high = store::committed_event_sequence(
+                    &self.db,
+                    after,
+                    now_micros(),
+                    EVENT_GAP_WAIT_MICROS,
+                )
+                .await?;
+                if high == after {
+                    break;
+                }
+                let events =
+                    store::tenant_events(&self.db, tenant, after, high, types, WATCH_BATCH).await?;
+                let full = events.len() == usize::try_from(WATCH_BATCH).unwrap_or(usize::MAX);
+                for event in events {
+                    after = event.sequence;
+                    if sink.send(Ok(event)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if !full {
+                    // Nothing else of this tenant's up to `high`.
+                    after = high;
+                }
+            }
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                () = sink.closed() => return Ok(()),
+                _ = written.changed() => {}
+                () = tokio::time::sleep(WATCH_POLL) => {}
+            }
+        }
+    }
+
+    /// One chunk of the tenant's ledger entries posted in [`from`,
+    /// `before`), after `cursor`: at most [`EXPORT_CHUNK_ENTRIES`], never
+    /// splitting a transaction, and where the next chunk starts (`None`
+    /// at the end).
+    pub async fn export_chunk(
+        &self,
+        tenant: &Tenant,
+        currency: Option<Currency>,
+        from: Option<i64>,
+        before: i64,
+        cursor: Option<&ExportCursor>,
+    ) -> Result<(Vec<LedgerEntry>, Option<ExportCursor>), PaymentsError> {
+        let limit = i64::try_from(EXPORT_CHUNK_ENTRIES).unwrap_or(i64::MAX);
+        let entries =
+            store::ledger_entries(&self.db, tenant, currency, from, before, cursor, limit).await?;
+        let (chunk, more) = complete_transactions(entries, EXPORT_CHUNK_ENTRIES);
+        let next = chunk.last().filter(|_| more).map(|e| ExportCursor {
+            posting_time: e.posting_time,
+            transaction_id: e.transaction_id.clone(),
+        });
+        Ok((chunk, next))
     }
 
     /// The expiry job: payments whose payer did not finish by `now` (90

@@ -17,7 +17,7 @@ use atiende_platform::on_db;
 use atiende_platform::storage::{Database, Migrations};
 
 use crate::domain::card::{CardBrand, CardSummary, Expiry};
-use crate::domain::ledger::{Account, Transaction};
+use crate::domain::ledger::{Account, LedgerEntry, Transaction, TransactionType};
 use crate::domain::money::{Currency, Money};
 use crate::domain::payment::{
     EVENT_ID_PREFIX, LEDGER_ENTRY_ID_PREFIX, LEDGER_TRANSACTION_ID_PREFIX, Language, NewPayment,
@@ -578,6 +578,23 @@ pub async fn change_state(
     Ok(Some(payment))
 }
 
+/// Events with the payment and refund fields they carry: the snapshot
+/// columns come from the event, the rest from the payment and refund.
+macro_rules! select_events {
+    () => {
+        "SELECT e.event_id, e.sequence, e.event_type, e.occur_time, e.has_card, e.refund_id, \
+         e.refund_state, r.amount_minor AS refund_amount_minor, r.reason AS refund_reason, \
+         r.create_time AS refund_create_time, p.payment_id, p.agency_id, p.environment, \
+         p.amount_minor, p.currency, p.reference, p.description, p.return_url, p.metadata, \
+         p.language, p.delayed_capture, e.state, e.failure_reason, e.failure_message, \
+         p.card_brand, p.card_first_six, p.card_last_four, p.card_expiry_month, \
+         p.card_expiry_year, p.cardholder_name, e.refund_submitted_minor, e.fee_minor, \
+         p.page_secret, p.expire_time, p.create_time, e.occur_time AS update_time \
+         FROM payment_events e JOIN payments p ON p.payment_id = e.payment_id \
+         LEFT JOIN refunds r ON r.refund_id = e.refund_id "
+    };
+}
+
 /// The events of one payment and its refunds, oldest first, after the
 /// cursor (a sequence number).
 pub async fn list_payment_events(
@@ -589,18 +606,9 @@ pub async fn list_payment_events(
 ) -> Result<Vec<PaymentEvent>, PaymentsError> {
     let rows: Vec<EventRow> = on_db!(db, pool => {
         sqlx::query_as(
-            "SELECT e.event_id, e.sequence, e.event_type, e.occur_time, e.has_card, e.refund_id, \
-             e.refund_state, r.amount_minor AS refund_amount_minor, r.reason AS refund_reason, \
-             r.create_time AS refund_create_time, p.payment_id, p.agency_id, p.environment, \
-             p.amount_minor, p.currency, p.reference, p.description, p.return_url, p.metadata, \
-             p.language, p.delayed_capture, e.state, e.failure_reason, e.failure_message, \
-             p.card_brand, p.card_first_six, p.card_last_four, p.card_expiry_month, \
-             p.card_expiry_year, p.cardholder_name, e.refund_submitted_minor, e.fee_minor, \
-             p.page_secret, p.expire_time, p.create_time, e.occur_time AS update_time \
-             FROM payment_events e JOIN payments p ON p.payment_id = e.payment_id \
-             LEFT JOIN refunds r ON r.refund_id = e.refund_id \
+            concat!(select_events!(), "\
              WHERE e.agency_id = $1 AND e.environment = $2 AND e.payment_id = $3 \
-             AND e.sequence > $4 ORDER BY e.sequence LIMIT $5",
+             AND e.sequence > $4 ORDER BY e.sequence LIMIT $5"),
         )
         .bind(&tenant.agency_id)
         .bind(tenant.environment.as_str())
@@ -884,4 +892,152 @@ pub async fn stale_payments(
             })
         })
         .collect()
+}
+
+/// The last event sequence number recorded so far (0 when none).
+pub async fn last_event_sequence(db: &Database) -> Result<i64, PaymentsError> {
+    let last: Option<i64> = on_db!(db, pool => {
+        sqlx::query_scalar("SELECT MAX(sequence) FROM payment_events")
+            .fetch_one(pool)
+            .await?
+    });
+    Ok(last.unwrap_or(0))
+}
+
+/// How far after `after` every event is committed, so that a reader can
+/// move its cursor there without skipping one.
+///
+/// Sequence numbers are taken when an event is inserted, not when its
+/// transaction commits: on PostgreSQL, event 7 may become visible before
+/// event 6. A gap in the numbers is therefore waited for, until the event
+/// after it is `gap_wait_micros` old; then the missing numbers are taken
+/// to belong to transactions that rolled back (transactions here last
+/// milliseconds). On SQLite writers are serialized and there are no gaps.
+pub async fn committed_event_sequence(
+    db: &Database,
+    after: i64,
+    now: i64,
+    gap_wait_micros: i64,
+) -> Result<i64, PaymentsError> {
+    let rows: Vec<(i64, i64)> = on_db!(db, pool => {
+        sqlx::query_as(
+            "SELECT sequence, occur_time FROM payment_events WHERE sequence > $1 \
+             ORDER BY sequence LIMIT 1000",
+        )
+        .bind(after)
+        .fetch_all(pool)
+        .await?
+    });
+    let mut high = after;
+    for (sequence, recorded) in rows {
+        if sequence == high.saturating_add(1) || recorded <= now.saturating_sub(gap_wait_micros) {
+            high = sequence;
+        } else {
+            break;
+        }
+    }
+    Ok(high)
+}
+
+/// The tenant's events in (`after`, `up_to`], of the given types (a
+/// [`name_set`]; empty means all), in recording order.
+pub async fn tenant_events(
+    db: &Database,
+    tenant: &Tenant,
+    after: i64,
+    up_to: i64,
+    types: &[EventType],
+    limit: i64,
+) -> Result<Vec<PaymentEvent>, PaymentsError> {
+    let types = name_set(types.iter().map(|t| t.as_str()));
+    let rows: Vec<EventRow> = on_db!(db, pool => {
+        sqlx::query_as(concat!(select_events!(), "\
+             WHERE e.agency_id = $1 AND e.environment = $2 AND e.sequence > $3 \
+             AND e.sequence <= $4 AND ($5 = '' OR $5 LIKE '%,' || e.event_type || ',%') \
+             ORDER BY e.sequence LIMIT $6"))
+        .bind(&tenant.agency_id)
+        .bind(tenant.environment.as_str())
+        .bind(after)
+        .bind(up_to)
+        .bind(&types)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+    });
+    rows.into_iter().map(PaymentEvent::try_from).collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct LedgerEntryRow {
+    transaction_id: String,
+    entry_id: String,
+    transaction_type: String,
+    account: String,
+    currency: String,
+    amount_minor: i64,
+    payment_id: String,
+    refund_id: Option<String>,
+    posting_time: i64,
+}
+
+impl TryFrom<LedgerEntryRow> for LedgerEntry {
+    type Error = PaymentsError;
+
+    fn try_from(row: LedgerEntryRow) -> Result<Self, Self::Error> {
+        Ok(LedgerEntry {
+            transaction_id: row.transaction_id,
+            entry_id: row.entry_id,
+            kind: TransactionType::parse(&row.transaction_type)
+                .ok_or_else(|| corrupt("ledger transaction type"))?,
+            account: Account::parse(&row.account).ok_or_else(|| corrupt("ledger account"))?,
+            amount: Money::new(
+                Currency::parse(&row.currency).map_err(|_| corrupt("ledger currency"))?,
+                row.amount_minor,
+            ),
+            payment_id: row.payment_id,
+            refund_id: row.refund_id,
+            posting_time: row.posting_time,
+        })
+    }
+}
+
+/// Where an export continues: after this transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportCursor {
+    pub posting_time: i64,
+    pub transaction_id: String,
+}
+
+/// The tenant's entries posted in [`from`, `before`), in (posting_time,
+/// transaction_id, entry_id) order, after `cursor`.
+pub async fn ledger_entries(
+    db: &Database,
+    tenant: &Tenant,
+    currency: Option<Currency>,
+    from: Option<i64>,
+    before: i64,
+    cursor: Option<&ExportCursor>,
+    limit: i64,
+) -> Result<Vec<LedgerEntry>, PaymentsError> {
+    let rows: Vec<LedgerEntryRow> = on_db!(db, pool => {
+        sqlx::query_as(
+            "SELECT transaction_id, entry_id, transaction_type, account, currency, amount_minor, \
+             payment_id, refund_id, posting_time FROM ledger_entries \
+             WHERE agency_id = $1 AND environment = $2 AND ($3 IS NULL OR currency = $3) \
+             AND ($4 IS NULL OR posting_time >= $4) AND posting_time < $5 \
+             AND ($6 IS NULL OR posting_time > $6 OR (posting_time = $6 AND transaction_id > $7)) \
+             ORDER BY posting_time, transaction_id, entry_id LIMIT $8",
+        )
+        .bind(&tenant.agency_id)
+        .bind(tenant.environment.as_str())
+        .bind(currency.map(Currency::code))
+        .bind(from)
+        .bind(before)
+        .bind(cursor.map(|c| c.posting_time))
+        .bind(cursor.map(|c| c.transaction_id.as_str()))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+    });
+    rows.into_iter().map(LedgerEntry::try_from).collect()
 }

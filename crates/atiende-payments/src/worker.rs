@@ -5,20 +5,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use atiende_platform::server::Shutdown;
 use atiende_platform::storage::now_micros;
 
 use crate::service::{PaymentsError, PaymentsService};
 
-/// Runs the expiry job every `interval` until the database is closed.
+/// Runs the expiry job every `interval` until shutdown (or until the
+/// database is closed).
 pub fn spawn_expiry_job(
     service: Arc<PaymentsService>,
     interval: Duration,
+    shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                () = &mut stop => return,
+                _ = ticks.tick() => {}
+            }
             match service.expire_stale_payments(now_micros()).await {
                 Ok(0) => {}
                 Ok(expired) => tracing::info!(expired, "expired stale payments"),

@@ -103,11 +103,14 @@ impl DevPlatform {
             ..NotificationsConfig::default()
         })
         .await?;
-        let payments = atiende_payments::Payments::open(&PaymentsConfig {
-            storage,
-            grpc: grpc.clone(),
-            ..PaymentsConfig::default()
-        })
+        let payments = atiende_payments::Payments::open(
+            &PaymentsConfig {
+                storage,
+                grpc: grpc.clone(),
+                ..PaymentsConfig::default()
+            },
+            shutdown.clone(),
+        )
         .await?;
 
         let credentials = dev_credentials(&identity, &options.data_dir).await?;

@@ -166,6 +166,44 @@ pub fn capture_postings(amount: Money, fee: Money) -> Vec<Transaction> {
     transactions
 }
 
+/// One stored line of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub transaction_id: String,
+    pub entry_id: String,
+    pub kind: TransactionType,
+    pub account: Account,
+    pub amount: Money,
+    pub payment_id: String,
+    pub refund_id: Option<String>,
+    pub posting_time: i64,
+}
+
+/// Cuts entries read in (posting_time, transaction_id) order, at most
+/// `limit` of them, so that no transaction is split: when the read was
+/// full, the last transaction may continue past it and is left for the
+/// next chunk. Returns the chunk and whether more may follow.
+pub fn complete_transactions(
+    mut entries: Vec<LedgerEntry>,
+    limit: usize,
+) -> (Vec<LedgerEntry>, bool) {
+    if entries.len() < limit {
+        return (entries, false);
+    }
+    let last = entries.last().map(|e| e.transaction_id.clone());
+    let keep = entries
+        .iter()
+        .rposition(|e| Some(&e.transaction_id) != last.as_ref())
+        .map_or(0, |i| i + 1);
+    if keep == 0 {
+        // One transaction fills the whole read: send it whole rather than
+        // never (transactions have two entries, far below any limit).
+        return (entries, true);
+    }
+    entries.truncate(keep);
+    (entries, true)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -175,6 +213,44 @@ mod tests {
 
     use super::*;
     use crate::domain::fees::FeeSchedule;
+
+    fn entry(transaction: &str, entry: &str) -> LedgerEntry {
+        LedgerEntry {
+            transaction_id: transaction.into(),
+            entry_id: entry.into(),
+            kind: TransactionType::Payment,
+            account: Account::Collections,
+            amount: Money::new(Currency::parse("CLP").unwrap(), 1),
+            payment_id: "pay_1".into(),
+            refund_id: None,
+            posting_time: 1,
+        }
+    }
+
+    #[test]
+    fn chunks_never_split_a_transaction() {
+        let entries = vec![
+            entry("a", "1"),
+            entry("a", "2"),
+            entry("b", "3"),
+            entry("b", "4"),
+        ];
+        // A short read is the end.
+        assert_eq!(
+            complete_transactions(entries.clone(), 5),
+            (entries.clone(), false)
+        );
+        // A full read ending inside "b" leaves "b" for the next chunk.
+        let (chunk, more) = complete_transactions(entries[..3].to_vec(), 3);
+        assert_eq!(chunk, entries[..2].to_vec());
+        assert!(more);
+        // A full read ending exactly on a boundary cannot know: it keeps
+        // everything but the last transaction, which the next read repeats
+        // from its start.
+        let (chunk, more) = complete_transactions(entries.clone(), 4);
+        assert_eq!(chunk, entries[..2].to_vec());
+        assert!(more);
+    }
 
     #[test]
     fn the_documented_example_leaves_7700_receivable() {

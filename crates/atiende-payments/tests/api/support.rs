@@ -35,6 +35,8 @@ pub const PROVIDER_ERROR: &str = "4000 0000 0000 0119";
 pub struct TestApp {
     pub channel: Channel,
     pub payments: Payments,
+    /// The database, to start another server on it (a restart).
+    pub database_url: String,
     trigger: ShutdownTrigger,
 }
 
@@ -58,15 +60,29 @@ impl TestApp {
     pub async fn spawn(engine: Engine) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("atiende-pay-{:032x}", rand::random::<u128>()));
         let url = engine.database_url(PG_PREFIX, &dir).await?;
+        Self::on_database(url).await
+    }
+
+    /// Stops this server and its pool, and starts a new one on the same
+    /// database, as a restarted process would.
+    pub async fn restart(self) -> anyhow::Result<Self> {
+        let url = self.database_url.clone();
+        self.trigger.trigger();
+        self.payments.database().close().await;
+        drop(self);
+        Self::on_database(url).await
+    }
+
+    async fn on_database(url: String) -> anyhow::Result<Self> {
         let db = Database::connect(&url, 8).await?;
         db.migrate(&atiende_payments::store::MIGRATIONS).await?;
         let config = test_config();
-        let payments = Payments::with_database(db, &config)?;
+        let (trigger, shutdown) = shutdown_channel();
+        let payments = Payments::with_database(db, &config, shutdown.clone())?;
         let mut services = GrpcServices::new();
         payments.register(&mut services);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (trigger, shutdown) = shutdown_channel();
         let grpc = config.grpc.clone();
         tokio::spawn(async move {
             serve_grpc(listener, services, testing::verifier(), &grpc, shutdown).await
@@ -77,6 +93,7 @@ impl TestApp {
         Ok(Self {
             channel,
             payments,
+            database_url: url,
             trigger,
         })
     }
