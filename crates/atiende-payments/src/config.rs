@@ -36,6 +36,10 @@ pub struct PaymentSettings {
     /// How often the expiry job looks for payments not completed in time.
     #[serde(with = "millis")]
     pub expiry_interval_ms: Duration,
+    /// How often the webhook job looks for due deliveries (it also wakes
+    /// when this instance records events).
+    #[serde(with = "millis")]
+    pub webhook_interval_ms: Duration,
 }
 
 /// What an agency pays and may charge.
@@ -94,6 +98,7 @@ impl Default for PaymentSettings {
             terms: TermsConfig::default(),
             agencies: BTreeMap::new(),
             expiry_interval_ms: Duration::from_secs(60),
+            webhook_interval_ms: Duration::from_secs(1),
         }
     }
 }

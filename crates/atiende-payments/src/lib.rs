@@ -8,7 +8,8 @@
 //! - [`service`]: what the service does, in domain terms.
 //! - [`grpc`]: the gRPC adapter (the only module that knows prost types).
 //! - [`store`]: the service's own database and migrations.
-//! - [`worker`]: background jobs (payment expiry).
+//! - [`webhook`]: webhook deliveries (the event's JSON, signing, HTTP).
+//! - [`worker`]: background jobs (payment expiry, webhook deliveries).
 //!
 //! Architecture invariant: this crate depends on no other service's crate;
 //! it shares only `atiende-proto` and `atiende-platform`.
@@ -19,6 +20,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod service;
 pub mod store;
+pub mod webhook;
 pub mod worker;
 
 use std::sync::Arc;
@@ -50,6 +52,11 @@ impl Payments {
         worker::spawn_expiry_job(
             payments.service.clone(),
             config.payments.expiry_interval_ms,
+            shutdown.clone(),
+        );
+        worker::spawn_webhook_job(
+            payments.service.clone(),
+            config.payments.webhook_interval_ms,
             shutdown,
         );
         Ok(payments)
@@ -70,7 +77,7 @@ impl Payments {
                 terms,
                 config.http.public_url.clone(),
                 shutdown,
-            )),
+            )?),
             max_message_bytes: config.grpc.max_message_bytes,
         })
     }
@@ -109,9 +116,11 @@ impl Payments {
                 .max_encoding_message_size(limit),
             )
             .add(
-                pb::webhook_service_server::WebhookServiceServer::new(grpc::WebhookApi)
-                    .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit),
+                pb::webhook_service_server::WebhookServiceServer::new(grpc::WebhookApi(
+                    self.service.clone(),
+                ))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
             );
     }
 }

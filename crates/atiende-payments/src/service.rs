@@ -24,10 +24,16 @@ use crate::domain::payment::{
     PaymentEvent, REFUND_ID_PREFIX, Refund, RefundState, Tenant, Violation,
 };
 use crate::domain::state::{self, EventType, FailureReason, IllegalTransition, PaymentState};
+use crate::domain::webhook::{
+    DELIVERY_WINDOW_MICROS, WEBHOOK_ENDPOINT_ID_PREFIX, WebhookEndpoint, new_signing_secret,
+    retry_delay_micros,
+};
 use crate::gateway::{Authorisation, CardGateway, RefundOutcome, SandboxGateway};
 use crate::store::{
-    self, AccountBalance, ExportCursor, PaymentFilter, RefundFilter, RefundInsert, StateChange,
+    self, AccountBalance, EndpointInsert, ExportCursor, PaymentFilter, RefundFilter, RefundInsert,
+    StateChange,
 };
+use crate::webhook::{self, DeliveryOutcome};
 
 /// What can go wrong in the payments service.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +59,10 @@ pub enum PaymentsError {
     SandboxOnly,
     #[error("no card gateway is configured for live payments")]
     NoGateway,
+    #[error("webhook endpoint not found")]
+    WebhookEndpointNotFound,
+    #[error("an agency has at most 16 webhook endpoints in each environment")]
+    TooManyWebhookEndpoints,
     #[error("stored data does not parse: {0}")]
     Corrupt(&'static str),
     #[error("storage: {0}")]
@@ -64,6 +74,7 @@ impl From<PaymentsError> for ApiError {
         match error {
             PaymentsError::PaymentNotFound => ApiError::NotFound("payment"),
             PaymentsError::RefundNotFound => ApiError::NotFound("refund"),
+            PaymentsError::WebhookEndpointNotFound => ApiError::NotFound("webhook endpoint"),
             PaymentsError::Invalid(violations) => ApiError::InvalidArgument(
                 violations
                     .into_iter()
@@ -74,7 +85,10 @@ impl From<PaymentsError> for ApiError {
             | PaymentsError::IdempotencyKeyReused
             | PaymentsError::RefundAmountChanged
             | PaymentsError::NotRefundable
-            | PaymentsError::NoGateway => ApiError::FailedPrecondition(error.to_string()),
+            | PaymentsError::NoGateway
+            | PaymentsError::TooManyWebhookEndpoints => {
+                ApiError::FailedPrecondition(error.to_string())
+            }
             PaymentsError::SandboxOnly => ApiError::PermissionDenied(error.to_string()),
             PaymentsError::Storage(e) => ApiError::from(e),
             PaymentsError::Corrupt(_) => ApiError::internal(error),
@@ -182,6 +196,8 @@ pub struct PaymentsService {
     pub(crate) sandbox: Arc<dyn CardGateway>,
     /// No live gateway is built in yet.
     pub(crate) live: Option<Arc<dyn CardGateway>>,
+    /// Delivers webhooks.
+    http: reqwest::Client,
 }
 
 /// Most ledger entries in one export chunk.
@@ -199,8 +215,13 @@ const WATCH_BATCH: i64 = 100;
 const STATE_CHANGE_ATTEMPTS: usize = 3;
 
 impl PaymentsService {
-    pub fn new(db: Database, terms: TermsBook, public_url: String, shutdown: Shutdown) -> Self {
-        Self {
+    pub fn new(
+        db: Database,
+        terms: TermsBook,
+        public_url: String,
+        shutdown: Shutdown,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
             db,
             events_written: watch::channel(0).0,
             shutdown,
@@ -208,7 +229,13 @@ impl PaymentsService {
             public_url,
             sandbox: Arc::new(SandboxGateway),
             live: None,
-        }
+            http: webhook::client()?,
+        })
+    }
+
+    /// Changes whenever this instance records events.
+    pub fn subscribe_events(&self) -> watch::Receiver<u64> {
+        self.events_written.subscribe()
     }
 
     fn events_recorded(&self) {
@@ -765,6 +792,147 @@ impl PaymentsService {
             transaction_id: e.transaction_id.clone(),
         });
         Ok((chunk, next))
+    }
+
+    /// Registers a webhook endpoint and returns it with its signing
+    /// secret. With an idempotency key, a replay returns the same endpoint
+    /// and secret.
+    pub async fn create_webhook_endpoint(
+        &self,
+        tenant: &Tenant,
+        url: String,
+        event_types: Vec<EventType>,
+        description: String,
+        idempotency_key: Option<&str>,
+    ) -> Result<(WebhookEndpoint, String), PaymentsError> {
+        let mut parts: Vec<&str> = vec![&url, &description];
+        parts.extend(event_types.iter().map(|t| t.as_str()));
+        let hash = request_hash(&parts);
+        let idempotency = idempotency_key.map(|key| (key, hash.as_str()));
+        if let Some((key, hash)) = idempotency
+            && let Some(original) = self.replay_endpoint(tenant, key, hash).await?
+        {
+            return Ok(original);
+        }
+        let endpoint = WebhookEndpoint {
+            webhook_endpoint_id: new_id(WEBHOOK_ENDPOINT_ID_PREFIX),
+            tenant: tenant.clone(),
+            url,
+            event_types,
+            description,
+            create_time: now_micros(),
+        };
+        let secret = new_signing_secret();
+        match store::create_webhook_endpoint(&self.db, &endpoint, &secret, idempotency).await? {
+            EndpointInsert::Created => Ok((endpoint, secret)),
+            EndpointInsert::TooMany => Err(PaymentsError::TooManyWebhookEndpoints),
+            EndpointInsert::KeyTaken => {
+                let (key, hash) = idempotency.ok_or(PaymentsError::Corrupt("idempotency"))?;
+                self.replay_endpoint(tenant, key, hash)
+                    .await?
+                    .ok_or(PaymentsError::Corrupt("idempotency record"))
+            }
+        }
+    }
+
+    async fn replay_endpoint(
+        &self,
+        tenant: &Tenant,
+        key: &str,
+        hash: &str,
+    ) -> Result<Option<(WebhookEndpoint, String)>, PaymentsError> {
+        let Some(record) =
+            store::find_idempotency_key(&self.db, tenant, "CreateWebhookEndpoint", key).await?
+        else {
+            return Ok(None);
+        };
+        if record.request_hash != hash {
+            return Err(PaymentsError::IdempotencyKeyReused);
+        }
+        // Deleted since: the key still may not be used for another.
+        store::get_webhook_endpoint(&self.db, tenant, &record.resource_id)
+            .await?
+            .map(Some)
+            .ok_or(PaymentsError::WebhookEndpointNotFound)
+    }
+
+    pub async fn list_webhook_endpoints(
+        &self,
+        tenant: &Tenant,
+        page_size: PageSize,
+        cursor: Option<&str>,
+    ) -> Result<Page<WebhookEndpoint>, PaymentsError> {
+        let items =
+            store::list_webhook_endpoints(&self.db, tenant, cursor, page_size.fetch_limit())
+                .await?;
+        Ok(Page::from_overfetch(items, page_size, |e| {
+            e.webhook_endpoint_id.clone()
+        }))
+    }
+
+    pub async fn delete_webhook_endpoint(
+        &self,
+        tenant: &Tenant,
+        webhook_endpoint_id: &str,
+    ) -> Result<(), PaymentsError> {
+        if store::delete_webhook_endpoint(&self.db, tenant, webhook_endpoint_id).await? {
+            Ok(())
+        } else {
+            Err(PaymentsError::WebhookEndpointNotFound)
+        }
+    }
+
+    /// The webhook job: attempts every delivery due at `now` once (each
+    /// taken under a lease, so instances never send one twice at once) and
+    /// schedules retries with exponential backoff for up to 3 days after
+    /// the event. Returns how many were delivered. `now` is a parameter so
+    /// tests can drive retries without waiting.
+    pub async fn deliver_due_webhooks(&self, now: i64) -> Result<usize, PaymentsError> {
+        const BATCH: i64 = 50;
+        const LEASE_MICROS: i64 = 60 * 1_000_000;
+        let mut delivered = 0;
+        for due in store::due_deliveries(&self.db, now, BATCH).await? {
+            if !store::claim_delivery(&self.db, &due, now.saturating_add(LEASE_MICROS), now).await?
+            {
+                continue;
+            }
+            let attempts = due.attempts.saturating_add(1);
+            let Some((url, secret, event)) = store::delivery_target(&self.db, &due).await? else {
+                store::finish_delivery(&self.db, &due, "failed", now, "endpoint deleted", now)
+                    .await?;
+                continue;
+            };
+            let signed_at = now_micros().div_euclid(1_000_000);
+            let outcome = webhook::deliver(
+                &self.http,
+                &url,
+                &secret,
+                signed_at,
+                webhook::event_json(&event),
+            )
+            .await;
+            match outcome {
+                DeliveryOutcome::Delivered => {
+                    delivered += 1;
+                    store::finish_delivery(&self.db, &due, "delivered", now, "delivered", now)
+                        .await?;
+                }
+                DeliveryOutcome::Failed(why) => {
+                    let next = now.saturating_add(retry_delay_micros(attempts));
+                    let give_up = next > due.create_time.saturating_add(DELIVERY_WINDOW_MICROS);
+                    let state = if give_up { "failed" } else { "pending" };
+                    tracing::info!(
+                        event_id = %due.event_id,
+                        webhook_endpoint_id = %due.webhook_endpoint_id,
+                        attempts,
+                        outcome = %why,
+                        "webhook delivery failed"
+                    );
+                    store::finish_delivery(&self.db, &due, state, next, &why, now).await?;
+                }
+            }
+        }
+        Ok(delivered)
     }
 
     /// The expiry job: payments whose payer did not finish by `now` (90

@@ -1,6 +1,7 @@
 //! Background jobs. Instances coordinate through the database only: the
 //! expiry job's state changes are conditional updates, so two instances
-//! running it at once expire each payment once.
+//! running it at once expire each payment once, and a webhook delivery is
+//! taken under a lease (a conditional update of its next attempt time).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,32 @@ pub fn spawn_expiry_job(
                 Ok(expired) => tracing::info!(expired, "expired stale payments"),
                 Err(PaymentsError::Storage(sqlx::Error::PoolClosed)) => return,
                 Err(error) => tracing::warn!(%error, "expiry job failed; retrying later"),
+            }
+        }
+    })
+}
+
+/// Delivers due webhooks every `interval`, and as soon as this instance
+/// records events, until shutdown.
+pub fn spawn_webhook_job(
+    service: Arc<PaymentsService>,
+    interval: Duration,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut written = service.subscribe_events();
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            match service.deliver_due_webhooks(now_micros()).await {
+                Ok(_) => {}
+                Err(PaymentsError::Storage(sqlx::Error::PoolClosed)) => return,
+                Err(error) => tracing::warn!(%error, "webhook job failed; retrying later"),
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                _ = written.changed() => {}
+                () = tokio::time::sleep(interval) => {}
             }
         }
     })

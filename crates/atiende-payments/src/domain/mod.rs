@@ -9,3 +9,4 @@ pub mod ledger;
 pub mod money;
 pub mod payment;
 pub mod state;
+pub mod webhook;

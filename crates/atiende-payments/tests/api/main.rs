@@ -13,6 +13,7 @@ mod refunds;
 mod streams;
 mod support;
 mod validation;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     streams::watch_streams_new_events_and_resumes_from_a_cursor,
     streams::export_streams_balanced_transactions_that_add_up_to_the_balances,
     streams::restart_loses_no_acknowledged_payment_and_never_captures_twice,
+    webhooks::webhooks_are_signed_retried_and_verifiable,
+    webhooks::webhook_endpoints_filter_list_delete_and_are_scoped,
 ];
 
 fn main() -> ExitCode {
