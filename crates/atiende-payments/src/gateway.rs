@@ -76,6 +76,17 @@ pub const SANDBOX_TEST_CARDS: &[(&str, Authorisation)] = &[
 pub struct SandboxGateway;
 
 impl SandboxGateway {
+    /// The numbers of the documented test cards.
+    pub const SANDBOX_NUMBERS: [&'static str; 7] = [
+        "4242424242424242",
+        "5555555555554444",
+        "378282246310005",
+        "4000000000000002",
+        "4000000000000069",
+        "4000000000000127",
+        "4000000000000119",
+    ];
+
     /// What a test card does; `None` for any other number.
     pub fn outcome(card: &CardSubmission) -> Option<Authorisation> {
         SANDBOX_TEST_CARDS
@@ -136,7 +147,12 @@ mod tests {
         };
         for (number, outcome) in SANDBOX_TEST_CARDS {
             assert_eq!(SandboxGateway::outcome(&submission(number)), Some(*outcome));
+            assert!(SandboxGateway::SANDBOX_NUMBERS.contains(number));
         }
+        assert_eq!(
+            SandboxGateway::SANDBOX_NUMBERS.len(),
+            SANDBOX_TEST_CARDS.len()
+        );
         assert_eq!(
             SandboxGateway::outcome(&submission("6011111111111117")),
             None

@@ -7,6 +7,7 @@
 //! - [`gateway`]: the card gateway trait and the sandbox gateway.
 //! - [`service`]: what the service does, in domain terms.
 //! - [`grpc`]: the gRPC adapter (the only module that knows prost types).
+//! - [`http`]: the hosted payment page (browser-facing).
 //! - [`store`]: the service's own database and migrations.
 //! - [`webhook`]: webhook deliveries (the event's JSON, signing, HTTP).
 //! - [`worker`]: background jobs (payment expiry, webhook deliveries).
@@ -18,6 +19,7 @@ pub mod config;
 pub mod domain;
 pub mod gateway;
 pub mod grpc;
+pub mod http;
 pub mod service;
 pub mod store;
 pub mod webhook;
@@ -88,6 +90,11 @@ impl Payments {
 
     pub fn database(&self) -> &Database {
         &self.service.db
+    }
+
+    /// The hosted payment page's routes, to serve at `http.public_url`.
+    pub fn http_router(&self) -> axum::Router {
+        http::router(self.service.clone())
     }
 
     /// Adds the service's gRPC services to a server.

@@ -28,10 +28,29 @@ async fn main() -> anyhow::Result<()> {
     service.register(&mut services);
 
     let listener = tokio::net::TcpListener::bind(config.grpc.listen_addr).await?;
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "atiende-payments serving gRPC");
-    let served =
-        atiende_platform::server::serve_grpc(listener, services, verifier, &config.grpc, shutdown)
-            .await;
+    tracing::info!(
+        addr = %http_listener.local_addr()?,
+        public_url = %config.http.public_url,
+        "atiende-payments serving the payment page"
+    );
+    let grpc = atiende_platform::server::serve_grpc(
+        listener,
+        services,
+        verifier,
+        &config.grpc,
+        shutdown.clone(),
+    );
+    let http = atiende_platform::server::serve_http(
+        http_listener,
+        service.http_router(),
+        &config.http,
+        config.grpc.drain_delay_ms,
+        shutdown,
+    );
+    let (grpc, http) = tokio::join!(grpc, http);
     service.database().close().await;
-    Ok(served?)
+    grpc?;
+    Ok(http?)
 }

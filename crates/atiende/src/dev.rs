@@ -107,6 +107,8 @@ impl DevPlatform {
             &PaymentsConfig {
                 storage,
                 grpc: grpc.clone(),
+                // The payment page is served on the same HTTP address.
+                http: http_config.clone(),
                 ..PaymentsConfig::default()
             },
             shutdown.clone(),
@@ -125,7 +127,7 @@ impl DevPlatform {
         notifications.register(&mut services);
         payments.register(&mut services);
         let verifier = identity.verifier();
-        let router = identity.http_router();
+        let router = identity.http_router().merge(payments.http_router());
         let closing = identity.clone();
         let tasks = tokio::spawn(async move {
             let drain_delay = grpc.drain_delay_ms;

@@ -269,6 +269,7 @@ fn request_hash(parts: &[&str]) -> String {
 }
 
 mod events;
+mod page;
 mod payments;
 mod refunds;
 mod webhooks;

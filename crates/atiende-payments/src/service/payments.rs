@@ -121,7 +121,7 @@ impl PaymentsService {
     /// it is in, recording the event (and, on success, the fee and the
     /// ledger postings) atomically. A concurrent change is retried from the
     /// state it left.
-    async fn move_to(
+    pub(super) async fn move_to(
         &self,
         tenant: &Tenant,
         mut payment: Payment,
@@ -245,16 +245,31 @@ impl PaymentsService {
         if tenant.environment != Environment::Sandbox {
             return Err(PaymentsError::SandboxOnly);
         }
-        let mut payment = self.get_payment(tenant, payment_id).await?;
+        let payment = self.get_payment(tenant, payment_id).await?;
+        self.card_step(payment, card).await
+    }
+
+    /// The payer's card step on a payment in CREATED or STARTED: opens
+    /// the page if it was not, records the submitted card (what may be
+    /// kept of it), asks the environment's gateway and records its answer.
+    pub(super) async fn card_step(
+        &self,
+        payment: Payment,
+        card: &CardSubmission,
+    ) -> Result<Payment, PaymentsError> {
+        let tenant = payment.tenant.clone();
+        // Before any change: a payment no gateway can take stays as it is.
+        let gateway = self.gateway(tenant.environment)?;
+        let mut payment = payment;
         if payment.state == PaymentState::Created {
             payment = self
-                .move_to(tenant, payment, PaymentState::Started, None, "", None)
+                .move_to(&tenant, payment, PaymentState::Started, None, "", None)
                 .await?;
         }
         let summary = card.summary();
         let payment = self
             .move_to(
-                tenant,
+                &tenant,
                 payment,
                 PaymentState::Submitted,
                 None,
@@ -262,7 +277,6 @@ impl PaymentsService {
                 Some(&summary),
             )
             .await?;
-        let gateway = self.gateway(tenant.environment)?;
         let outcome = gateway
             .authorise(&payment.payment_id, card, payment.amount())
             .await;
@@ -280,7 +294,7 @@ impl PaymentsService {
                 message,
             ),
         };
-        self.move_to(tenant, payment, to, reason, message, None)
+        self.move_to(&tenant, payment, to, reason, message, None)
             .await
     }
 

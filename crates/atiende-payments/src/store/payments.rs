@@ -76,6 +76,23 @@ pub async fn get_payment(
     row.map(Payment::try_from).transpose()
 }
 
+/// A payment by id alone, for the hosted page (which checks the page
+/// secret instead of a tenant).
+pub async fn get_payment_for_page(
+    db: &Database,
+    payment_id: &str,
+) -> Result<Option<Payment>, PaymentsError> {
+    let row: Option<PaymentRow> = on_db!(db, pool => {
+        sqlx::query_as(concat!(
+            "SELECT ", payment_columns!(), " FROM payments WHERE payment_id = $1"
+        ))
+        .bind(payment_id)
+        .fetch_optional(pool)
+        .await?
+    });
+    row.map(Payment::try_from).transpose()
+}
+
 /// ListPayments' filters; every one given must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PaymentFilter {

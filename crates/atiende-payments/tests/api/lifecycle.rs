@@ -8,8 +8,8 @@ use pb::PaymentState as S;
 use tonic::Code;
 
 use crate::support::{
-    ALL, DECLINED, EXPIRED_CARD, Engine, PROVIDER_ERROR, PUBLIC_URL, TestApp, VISA_OK, WRONG_CVC,
-    agency_token, authed, minor, payment_request,
+    ALL, DECLINED, EXPIRED_CARD, Engine, PROVIDER_ERROR, TestApp, VISA_OK, WRONG_CVC, agency_token,
+    authed, minor, payment_request,
 };
 
 pub async fn created_payments_can_be_read_and_listed_with_filters_and_pages(
@@ -24,7 +24,7 @@ pub async fn created_payments_can_be_read_and_listed_with_filters_and_pages(
     assert!(
         created
             .next_url
-            .starts_with(&format!("{PUBLIC_URL}/pay/{}/", created.payment_id)),
+            .starts_with(&format!("{}/pay/{}/", app.public_url, created.payment_id)),
         "{}",
         created.next_url
     );

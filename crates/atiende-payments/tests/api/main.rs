@@ -9,6 +9,7 @@ mod expiry;
 mod idempotency;
 mod ledger;
 mod lifecycle;
+mod page;
 mod refunds;
 mod streams;
 mod support;
@@ -45,6 +46,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     streams::restart_loses_no_acknowledged_payment_and_never_captures_twice,
     webhooks::webhooks_are_signed_retried_and_verifiable,
     webhooks::webhook_endpoints_filter_list_delete_and_are_scoped,
+    page::hosted_page_takes_a_card_and_sends_the_payer_back,
+    page::hosted_page_declines_cancels_and_speaks_english,
 ];
 
 fn main() -> ExitCode {

@@ -236,7 +236,26 @@ pub async fn restart_loses_no_acknowledged_payment_and_never_captures_twice(
     let balances = app.balances(&token).await;
 
     let app = app.restart().await?;
-    assert_eq!(app.get(&token, &open.payment_id).await, open);
+    // The same page, now served by the new server.
+    let path = |p: &pb::Payment| {
+        p.next_url
+            .split("/pay/")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let reopened = app.get(&token, &open.payment_id).await;
+    assert_eq!(path(&reopened), path(&open));
+    assert_eq!(
+        pb::Payment {
+            next_url: String::new(),
+            ..reopened
+        },
+        pb::Payment {
+            next_url: String::new(),
+            ..open
+        }
+    );
     assert_eq!(app.get(&token, &paid.payment_id).await, paid);
     assert_eq!(app.get(&token, &delayed.payment_id).await, captured);
     // The client did not see the first answer and retries.

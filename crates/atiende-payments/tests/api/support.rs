@@ -1,11 +1,15 @@
 //! `TestApp`: a payments server on port 0 with a fresh database.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use atiende_payments::Payments;
 use atiende_payments::config::PaymentsConfig;
 use atiende_platform::auth::{Environment, Scope};
-use atiende_platform::server::{GrpcServices, ShutdownTrigger, serve_grpc, shutdown_channel};
+
+use atiende_platform::server::{
+    GrpcServices, ShutdownTrigger, serve_grpc, serve_http, shutdown_channel,
+};
 use atiende_platform::storage::Database;
 use atiende_platform::testing;
 use atiende_proto::common::v1 as common;
@@ -18,7 +22,6 @@ use tonic::transport::Channel;
 pub use atiende_platform::harness::{Engine, authed, violated_fields};
 
 pub const PG_PREFIX: &str = "atiende_test_payments";
-pub const PUBLIC_URL: &str = "https://pagos.atiende.test";
 
 pub const ALL: &[Scope] = &[
     Scope::PaymentsCreate,
@@ -37,6 +40,8 @@ pub struct TestApp {
     pub payments: Payments,
     /// The database, to start another server on it (a restart).
     pub database_url: String,
+    /// Where the payment page is served.
+    pub public_url: String,
     trigger: ShutdownTrigger,
 }
 
@@ -49,7 +54,6 @@ impl Drop for TestApp {
 /// The fee schedule of every test: 1.5 % plus 100 CLP or 0.30 USD.
 pub fn test_config() -> PaymentsConfig {
     let mut config = PaymentsConfig::default();
-    config.http.public_url = PUBLIC_URL.to_owned();
     config.payments.terms.fee_percent = "1.5".to_owned();
     config.payments.terms.fee_fixed_minor =
         BTreeMap::from([("CLP".to_owned(), 100), ("USD".to_owned(), 30)]);
@@ -76,7 +80,9 @@ impl TestApp {
     async fn on_database(url: String) -> anyhow::Result<Self> {
         let db = Database::connect(&url, 8).await?;
         db.migrate(&atiende_payments::store::MIGRATIONS).await?;
-        let config = test_config();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let mut config = test_config();
+        config.http.public_url = format!("http://{}", http_listener.local_addr()?);
         let (trigger, shutdown) = shutdown_channel();
         let payments = Payments::with_database(db, &config, shutdown.clone())?;
         let mut services = GrpcServices::new();
@@ -84,6 +90,12 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let grpc = config.grpc.clone();
+        let router = payments.http_router();
+        let http = config.http.clone();
+        let http_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve_http(http_listener, router, &http, Duration::ZERO, http_shutdown).await
+        });
         tokio::spawn(async move {
             serve_grpc(listener, services, testing::verifier(), &grpc, shutdown).await
         });
@@ -94,6 +106,7 @@ impl TestApp {
             channel,
             payments,
             database_url: url,
+            public_url: config.http.public_url.clone(),
             trigger,
         })
     }
