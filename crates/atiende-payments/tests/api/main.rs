@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod access;
+mod browser;
 mod expiry;
 mod idempotency;
 mod ledger;
@@ -50,6 +51,20 @@ const TESTS: &[(&str, TestFn)] = tests![
     page::hosted_page_declines_cancels_and_speaks_english,
 ];
 
+/// Tests that need Chromium and chromedriver: left out, with the reason
+/// printed, where they are missing; under CI (`CI` set) they always run.
+const BROWSER_TESTS: &[(&str, TestFn)] =
+    tests![browser::payer_pays_and_is_declined_in_a_real_browser];
+
 fn main() -> ExitCode {
-    run_suite(support::PG_PREFIX, TESTS)
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    let mut all = TESTS.to_vec();
+    if ci || browser::available() {
+        all.extend_from_slice(BROWSER_TESTS);
+    } else {
+        eprintln!(
+            "browser tests left out: no chromedriver (apt-get install chromium chromium-driver)"
+        );
+    }
+    run_suite(support::PG_PREFIX, &all)
 }
