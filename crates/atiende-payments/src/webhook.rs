@@ -3,6 +3,7 @@
 //! RFC 3339 timestamps, default values omitted), rendered here from domain
 //! types, and the request is signed (see [`crate::domain::webhook`]).
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -11,7 +12,7 @@ use crate::domain::card::CardBrand;
 use crate::domain::money::Money;
 use crate::domain::payment::{Payment, PaymentEvent, Refund};
 use crate::domain::state::PaymentState;
-use crate::domain::webhook::{SIGNATURE_HEADER, signature_header};
+use crate::domain::webhook::{SIGNATURE_HEADER, is_public_ip, signature_header};
 
 /// How long a receiver has to answer.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,13 +51,62 @@ pub async fn deliver(
     }
 }
 
-/// The client deliveries use: a timeout, and no redirects (a redirect
-/// could point a signed event anywhere).
+/// The client sandbox deliveries use: a timeout, and no redirects (a
+/// redirect could point a signed event anywhere).
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .timeout(DELIVERY_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .build()
+}
+
+/// The client live deliveries use: as [`client`], and it connects only to
+/// public addresses, whatever a name resolves to when it is sent (so a
+/// name re-pointed at an internal address after registration is refused).
+pub fn live_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(DELIVERY_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(PublicOnly)
+        .build()
+}
+
+/// Resolves names with the system resolver and keeps public addresses only.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|addr| is_public_ip(addr.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err("the endpoint does not resolve to a public address".into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether a live endpoint's URL may be used: not `localhost`, and not an
+/// address outside the public internet written as the host.
+pub fn is_public_url(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => is_public_ip(ip),
+        Err(_) => {
+            let name = bare.trim_end_matches('.').to_ascii_lowercase();
+            name != "localhost" && !name.ends_with(".localhost")
+        }
+    }
 }
 
 /// The event's JSON body.
@@ -203,6 +253,30 @@ pub fn rfc3339(micros: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_urls_must_name_public_hosts() {
+        assert!(is_public_url("https://hooks.municipio.cl/atiende"));
+        assert!(is_public_url("https://8.8.8.8/x"));
+        for url in [
+            "https://localhost/x",
+            "https://api.localhost/x",
+            "https://127.0.0.1/x",
+            "https://10.1.2.3:8443/x",
+            "https://[::1]/x",
+            "https://169.254.169.254/latest/meta-data",
+            "not a url",
+        ] {
+            assert!(!is_public_url(url), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_live_resolver_refuses_names_of_internal_addresses() {
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        assert!(PublicOnly.resolve(name).await.is_err());
+    }
 
     #[test]
     fn timestamps_are_rfc_3339_in_utc() {

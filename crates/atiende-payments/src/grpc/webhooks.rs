@@ -11,7 +11,16 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
         let tenant = authorised(&request, Scope::PaymentsCreate)?;
         let req = request.into_inner();
         let mut v = Violations::new();
-        let url = v.check("url", parse_return_url(&req.url, tenant.environment));
+        let url = v.check(
+            "url",
+            parse_return_url(&req.url, tenant.environment).and_then(|url| {
+                if tenant.environment == Environment::Live && !crate::webhook::is_public_url(&url) {
+                    Err("must be an https:// URL of a host on the public internet".to_owned())
+                } else {
+                    Ok(url)
+                }
+            }),
+        );
         let types = v.check(
             "event_types",
             parse_enum_list(&req.event_types, event_type_from_pb),

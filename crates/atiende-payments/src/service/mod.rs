@@ -196,8 +196,10 @@ pub struct PaymentsService {
     pub(crate) sandbox: Arc<dyn CardGateway>,
     /// No live gateway is built in yet.
     pub(crate) live: Option<Arc<dyn CardGateway>>,
-    /// Delivers webhooks.
+    /// Delivers sandbox webhooks.
     http: reqwest::Client,
+    /// Delivers live webhooks, to public addresses only.
+    http_live: reqwest::Client,
 }
 
 /// Most ledger entries in one export chunk.
@@ -230,6 +232,7 @@ impl PaymentsService {
             sandbox: Arc::new(SandboxGateway),
             live: None,
             http: webhook::client()?,
+            http_live: webhook::live_client()?,
         })
     }
 

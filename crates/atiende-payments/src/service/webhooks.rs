@@ -112,14 +112,20 @@ impl PaymentsService {
                 continue;
             };
             let signed_at = now_micros().div_euclid(1_000_000);
-            let outcome = webhook::deliver(
-                &self.http,
-                &url,
-                &secret,
-                signed_at,
-                webhook::event_json(&event),
-            )
-            .await;
+            let live = event.payment.tenant.environment == Environment::Live;
+            let client = if live { &self.http_live } else { &self.http };
+            let outcome = if live && !webhook::is_public_url(&url) {
+                DeliveryOutcome::Failed("not a public address".to_owned())
+            } else {
+                webhook::deliver(
+                    client,
+                    &url,
+                    &secret,
+                    signed_at,
+                    webhook::event_json(&event),
+                )
+                .await
+            };
             match outcome {
                 DeliveryOutcome::Delivered => {
                     delivered += 1;

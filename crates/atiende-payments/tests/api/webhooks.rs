@@ -276,10 +276,21 @@ pub async fn webhook_endpoints_filter_list_delete_and_are_scoped(
         .unwrap_err();
     assert_eq!(crate::support::violated_fields(&insecure), ["url"]);
     let live = testing::token(&agency, ALL, Environment::Live);
-    let local_live = create(endpoint(&format!("{base}/x"), &[]), live)
-        .await
-        .unwrap_err();
-    assert_eq!(crate::support::violated_fields(&local_live), ["url"]);
+    // Live endpoints: https, on the public internet only.
+    for url in [
+        format!("{base}/x"),
+        "https://localhost/hook".to_owned(),
+        "https://10.1.2.3/hook".to_owned(),
+        "https://169.254.169.254/latest/meta-data".to_owned(),
+    ] {
+        let refused = create(endpoint(&url, &[]), live.clone()).await.unwrap_err();
+        assert_eq!(crate::support::violated_fields(&refused), ["url"], "{url}");
+    }
+    create(
+        endpoint("https://hooks.municipio.example/atiende", &[]),
+        live,
+    )
+    .await?;
     for i in 1..16 {
         create(endpoint(&format!("{base}/{i}"), &[]), token.clone()).await?;
     }
