@@ -276,3 +276,42 @@ mod page;
 mod payments;
 mod refunds;
 mod webhooks;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AgencyTermsConfig;
+
+    #[test]
+    fn agencies_get_their_own_terms_over_the_defaults() {
+        let mut settings = PaymentSettings::default();
+        settings.terms.fee_percent = "1.5".into();
+        settings.agencies.insert(
+            "agy_a".into(),
+            AgencyTermsConfig {
+                fee_percent: Some("0.5".into()),
+                max_amount_minor: Some(BTreeMap::from([("USD".into(), 100)])),
+                ..Default::default()
+            },
+        );
+        let book = TermsBook::from_settings(&settings).unwrap();
+        let usd = |minor| Money::new(Currency::parse("USD").unwrap(), minor);
+        let clp = Money::new(Currency::parse("CLP").unwrap(), 1);
+        assert_eq!(book.for_agency("agy_a").fees.fee(usd(1_000)).minor, 5);
+        assert_eq!(book.for_agency("agy_b").fees.fee(usd(1_000)).minor, 15);
+        assert!(book.for_agency("agy_a").check(usd(100)).is_ok());
+        assert!(book.for_agency("agy_a").check(usd(101)).is_err());
+        // Its own list of currencies replaces the default one.
+        assert!(book.for_agency("agy_a").check(clp).is_err());
+        assert!(book.for_agency("agy_b").check(clp).is_ok());
+
+        settings.agencies.insert(
+            "agy_c".into(),
+            AgencyTermsConfig {
+                fee_percent: Some("a lot".into()),
+                ..Default::default()
+            },
+        );
+        assert!(TermsBook::from_settings(&settings).is_err());
+    }
+}
