@@ -7,7 +7,7 @@
 //! - [`gateway`]: the card gateway trait and the sandbox gateway.
 //! - [`service`]: what the service does, in domain terms.
 //! - [`grpc`]: the gRPC adapter (the only module that knows prost types).
-//! - [`http`]: the hosted payment page (browser-facing).
+//! - [`http`]: the hosted payment page and the ledger's CSV export.
 //! - [`store`]: the service's own database and migrations.
 //! - [`webhook`]: webhook deliveries (the event's JSON, signing, HTTP).
 //! - [`worker`]: background jobs (payment expiry, webhook deliveries).
@@ -27,6 +27,7 @@ pub mod worker;
 
 use std::sync::Arc;
 
+use atiende_platform::auth::TokenVerifier;
 use atiende_platform::server::{GrpcServices, Shutdown};
 use atiende_platform::storage::Database;
 use atiende_proto::payments::v1 as pb;
@@ -92,9 +93,10 @@ impl Payments {
         &self.service.db
     }
 
-    /// The hosted payment page's routes, to serve at `http.public_url`.
-    pub fn http_router(&self) -> axum::Router {
-        http::router(self.service.clone())
+    /// The HTTP routes, to serve at `http.public_url`: the hosted payment
+    /// page, and the ledger's CSV export (authenticated by `verifier`).
+    pub fn http_router(&self, verifier: Arc<TokenVerifier>) -> axum::Router {
+        http::router(self.service.clone(), verifier)
     }
 
     /// Adds the service's gRPC services to a server.

@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         public_url = %config.http.public_url,
         "atiende-payments serving the payment page"
     );
+    let router = service.http_router(verifier.clone());
     let grpc = atiende_platform::server::serve_grpc(
         listener,
         services,
@@ -44,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let http = atiende_platform::server::serve_http(
         http_listener,
-        service.http_router(),
+        router,
         &config.http,
         config.grpc.drain_delay_ms,
         shutdown,

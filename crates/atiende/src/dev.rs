@@ -127,7 +127,9 @@ impl DevPlatform {
         notifications.register(&mut services);
         payments.register(&mut services);
         let verifier = identity.verifier();
-        let router = identity.http_router().merge(payments.http_router());
+        let router = identity
+            .http_router()
+            .merge(payments.http_router(verifier.clone()));
         let closing = identity.clone();
         let tasks = tokio::spawn(async move {
             let drain_delay = grpc.drain_delay_ms;

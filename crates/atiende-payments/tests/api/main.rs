@@ -45,6 +45,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     streams::watch_streams_new_events_and_resumes_from_a_cursor,
     streams::export_streams_balanced_transactions_that_add_up_to_the_balances,
     streams::restart_loses_no_acknowledged_payment_and_never_captures_twice,
+    streams::csv_export_matches_the_ledger_and_needs_a_reader,
     webhooks::webhooks_are_signed_retried_and_verifiable,
     webhooks::webhook_endpoints_filter_list_delete_and_are_scoped,
     page::hosted_page_takes_a_card_and_sends_the_payer_back,

@@ -283,3 +283,81 @@ pub async fn restart_loses_no_acknowledged_payment_and_never_captures_twice(
     );
     Ok(())
 }
+
+pub async fn csv_export_matches_the_ledger_and_needs_a_reader(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    let (agency, token) = agency_token(ALL);
+    let (_, other) = agency_token(ALL);
+    let clp = app.paid(&token, 10_000, "CLP").await;
+    app.refund(&token, &clp.payment_id, 2_000, 10_000, "CLP")
+        .await
+        .unwrap();
+    app.paid(&token, 1_000, "USD").await;
+    app.paid(&other, 5_000, "CLP").await;
+    let url = format!("{}/v1/ledger/transactions.csv", app.public_url);
+    let get = |query: &'static str, token: Option<String>| {
+        let url = url.clone();
+        async move {
+            let mut request = reqwest::Client::new().get(format!("{url}{query}"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send().await.unwrap()
+        }
+    };
+
+    let response = get("", Some(token.clone())).await;
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/csv")
+    );
+    let body = response.text().await?;
+    let mut lines = body.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("posting_time,transaction_id,")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 10, "this agency's entries only");
+    let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
+    for row in &rows {
+        assert_eq!(row.len(), 10);
+        *sums.entry(row[5]).or_default() += row[7].parse::<i64>()?;
+    }
+    assert_eq!(sums, BTreeMap::from([("CLP", 0), ("USD", 0)]));
+    assert!(
+        rows.iter()
+            .any(|r| r[2] == "payment" && r[4] == "collections" && r[6] == "-10.00")
+    );
+    assert!(rows.iter().any(|r| r[2] == "refund" && !r[9].is_empty()));
+
+    let usd = get("?currency=USD", Some(token.clone()))
+        .await
+        .text()
+        .await?;
+    assert_eq!(usd.lines().count(), 1 + 4);
+    let future = get("?from=2999-01-01", Some(token.clone()))
+        .await
+        .text()
+        .await?;
+    assert_eq!(future.lines().count(), 1, "the header only");
+
+    assert_eq!(
+        get("", None).await.status(),
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    let creator = testing::token(&agency, &[Scope::PaymentsCreate], Environment::Sandbox);
+    assert_eq!(
+        get("", Some(creator)).await.status(),
+        reqwest::StatusCode::FORBIDDEN
+    );
+    let bad = get("?from=2026-02-30", Some(token.clone())).await;
+    assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
+    Ok(())
+}

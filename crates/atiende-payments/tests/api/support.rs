@@ -90,7 +90,7 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let grpc = config.grpc.clone();
-        let router = payments.http_router();
+        let router = payments.http_router(testing::verifier());
         let http = config.http.clone();
         let http_shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -1,5 +1,5 @@
-//! The hosted payment page (browser-facing HTTP): the only place a payer
-//! types a card.
+//! The service's HTTP: the hosted payment page (browser-facing, the only
+//! place a payer types a card) and the ledger's CSV export ([`export`]).
 //!
 //! `GET /pay/{payment_id}/{secret}` shows the agency's description and the
 //! amount and a card form, in the payment's language; the first visit
@@ -13,8 +13,11 @@
 //! The card number and CVC live only in the request being handled: never
 //! stored, logged or echoed back into the page.
 
+mod export;
+
 use std::sync::Arc;
 
+use atiende_platform::auth::TokenVerifier;
 use atiende_platform::storage::now_micros;
 use axum::Router;
 use axum::extract::{Form, Path, State};
@@ -32,14 +35,24 @@ use crate::service::{PaymentsError, PaymentsService};
 
 const CSRF_COOKIE: &str = "atiende_csrf";
 
-/// The page's routes.
-pub fn router(service: Arc<PaymentsService>) -> Router {
+/// The page's routes, and the CSV export (which `verifier` authenticates).
+pub fn router(service: Arc<PaymentsService>, verifier: Arc<TokenVerifier>) -> Router {
+    let export = Router::new()
+        .route(
+            "/v1/ledger/transactions.csv",
+            axum::routing::get(export::transactions_csv),
+        )
+        .with_state(export::ExportState {
+            service: service.clone(),
+            verifier,
+        });
     Router::new()
         .route(
             "/pay/{payment_id}/{secret}",
             axum::routing::get(show).post(submit),
         )
         .with_state(service)
+        .merge(export)
 }
 
 /// The form as posted. Every field is optional so that a malformed post
