@@ -9,7 +9,7 @@
 
 use atiende_platform::auth::BoxFuture;
 
-use crate::domain::card::CardSubmission;
+use crate::domain::card::{CardSubmission, CardSummary};
 use crate::domain::money::Money;
 
 /// What the provider answered to an authorisation.
@@ -39,10 +39,12 @@ pub trait CardGateway: Send + Sync {
         amount: Money,
     ) -> BoxFuture<'a, Authorisation>;
 
-    /// Returns `amount` of a captured payment to the card.
+    /// Returns `amount` of a captured payment to the card it was paid
+    /// with (what is kept of it).
     fn refund<'a>(
         &'a self,
         payment_id: &'a str,
+        card: Option<&'a CardSummary>,
         refund_id: &'a str,
         amount: Money,
     ) -> BoxFuture<'a, RefundOutcome>;
@@ -69,23 +71,25 @@ pub const SANDBOX_TEST_CARDS: &[(&str, Authorisation)] = &[
         "4000000000000119",
         Authorisation::ProviderError("the card provider failed"),
     ),
+    // Pays, but its refunds fail (see REFUNDS_FAIL).
+    ("4000000000005126", Authorisation::Authorised),
 ];
 
-/// Simulated money: decides by test card number, refunds always succeed.
+/// The test card whose refunds end in ERROR, by what is kept of it.
+const REFUNDS_FAIL: (&str, &str) = ("400000", "5126");
+
+/// Simulated money: decides by test card number; refunds succeed except
+/// for the one test card whose refunds fail.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SandboxGateway;
 
 impl SandboxGateway {
-    /// The numbers of the documented test cards.
-    pub const SANDBOX_NUMBERS: [&'static str; 7] = [
-        "4242424242424242",
-        "5555555555554444",
-        "378282246310005",
-        "4000000000000002",
-        "4000000000000069",
-        "4000000000000127",
-        "4000000000000119",
-    ];
+    /// Whether a card number (digits only) is one of the test cards.
+    pub fn is_test_number(digits: &str) -> bool {
+        SANDBOX_TEST_CARDS
+            .iter()
+            .any(|(number, _)| *number == digits)
+    }
 
     /// What a test card does; `None` for any other number.
     pub fn outcome(card: &CardSubmission) -> Option<Authorisation> {
@@ -111,10 +115,18 @@ impl CardGateway for SandboxGateway {
     fn refund<'a>(
         &'a self,
         _payment_id: &'a str,
+        card: Option<&'a CardSummary>,
         _refund_id: &'a str,
         _amount: Money,
     ) -> BoxFuture<'a, RefundOutcome> {
-        Box::pin(async { RefundOutcome::Succeeded })
+        let fails =
+            card.is_some_and(|c| (c.first_six.as_str(), c.last_four.as_str()) == REFUNDS_FAIL);
+        let outcome = if fails {
+            RefundOutcome::Failed
+        } else {
+            RefundOutcome::Succeeded
+        };
+        Box::pin(async move { outcome })
     }
 }
 
@@ -147,12 +159,9 @@ mod tests {
         };
         for (number, outcome) in SANDBOX_TEST_CARDS {
             assert_eq!(SandboxGateway::outcome(&submission(number)), Some(*outcome));
-            assert!(SandboxGateway::SANDBOX_NUMBERS.contains(number));
+            assert!(SandboxGateway::is_test_number(number));
         }
-        assert_eq!(
-            SandboxGateway::SANDBOX_NUMBERS.len(),
-            SANDBOX_TEST_CARDS.len()
-        );
+        assert!(!SandboxGateway::is_test_number("6011111111111117"));
         assert_eq!(
             SandboxGateway::outcome(&submission("6011111111111117")),
             None

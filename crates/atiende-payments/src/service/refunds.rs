@@ -64,7 +64,12 @@ impl PaymentsService {
         let outcome = match self.gateway(tenant.environment) {
             Ok(gateway) => {
                 gateway
-                    .refund(&payment.payment_id, &refund.refund_id, amount)
+                    .refund(
+                        &payment.payment_id,
+                        payment.card.as_ref(),
+                        &refund.refund_id,
+                        amount,
+                    )
                     .await
             }
             Err(_) => RefundOutcome::Failed,

@@ -9,7 +9,8 @@ use rand::{Rng, SeedableRng};
 use tonic::Code;
 
 use crate::support::{
-    ALL, DECLINED, Engine, TestApp, VISA_OK, agency_token, authed, minor, payment_request,
+    ALL, DECLINED, Engine, REFUNDS_FAIL, TestApp, VISA_OK, agency_token, authed, minor,
+    payment_request,
 };
 
 pub async fn balances_follow_the_documented_postings(engine: Engine) -> anyhow::Result<()> {
@@ -87,7 +88,8 @@ pub async fn balances_follow_the_documented_postings(engine: Engine) -> anyhow::
 }
 
 /// Random payments (paid, declined, delayed and captured, cancelled) and
-/// refunds (current, stale, too large) in three currencies: after every
+/// refunds (current, stale, too large, failed by the provider) in three
+/// currencies: after every
 /// few operations the balances sum to zero per currency and equal what
 /// the payments themselves say was collected, charged and refunded.
 pub async fn random_operations_keep_the_ledger_balanced(engine: Engine) -> anyhow::Result<()> {
@@ -96,17 +98,19 @@ pub async fn random_operations_keep_the_ledger_balanced(engine: Engine) -> anyho
     let mut rng = StdRng::seed_from_u64(0x00A7_1EDE);
     let currencies = ["CLP", "USD", "CLF"];
     let mut paid: Vec<(String, String)> = Vec::new();
-    for step in 0..60 {
+    let mut failed_refunds = 0;
+    for step in 0..80 {
         let currency = currencies[rng.random_range(0..currencies.len())];
         match rng.random_range(0..10) {
             0..=3 => {
                 let mut request = payment_request(rng.random_range(1..5_000_000), currency);
                 request.delayed_capture = rng.random_bool(0.3);
                 let payment = app.create(&token, request).await;
-                let card = if rng.random_bool(0.8) {
-                    VISA_OK
-                } else {
-                    DECLINED
+                // Some cards decline; one pays but fails every refund.
+                let card = match rng.random_range(0..10) {
+                    0..=5 => VISA_OK,
+                    6 | 7 => REFUNDS_FAIL,
+                    _ => DECLINED,
                 };
                 let after = app
                     .simulate(&token, &payment.payment_id, card)
@@ -146,7 +150,12 @@ pub async fn random_operations_keep_the_ledger_balanced(engine: Engine) -> anyho
                 let believed = if stale { available + 1 } else { available };
                 let result = app.refund(&token, &id, amount, believed, &currency).await;
                 match result {
-                    Ok(_) => assert!(!stale && amount <= available),
+                    Ok(refund) => {
+                        assert!(!stale && amount <= available);
+                        if refund.state() == pb::RefundState::Error {
+                            failed_refunds += 1;
+                        }
+                    }
                     Err(s) if stale => assert_eq!(s.code(), Code::FailedPrecondition),
                     Err(s) => assert_eq!(s.code(), Code::InvalidArgument, "{s:?}"),
                 }
@@ -158,6 +167,7 @@ pub async fn random_operations_keep_the_ledger_balanced(engine: Engine) -> anyho
         }
     }
     assert!(paid.len() > 5, "the seed exercises enough payments");
+    assert!(failed_refunds > 0, "and refunds the provider fails");
     Ok(())
 }
 

@@ -35,6 +35,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     refunds::refunds_are_compare_and_set_against_the_available_amount,
     refunds::concurrent_refunds_never_exceed_the_captured_amount,
     refunds::refund_replay_returns_the_original_refund,
+    refunds::a_refund_the_provider_fails_is_reversed_and_its_amount_available_again,
     ledger::balances_follow_the_documented_postings,
     ledger::random_operations_keep_the_ledger_balanced,
     expiry::expiry_job_fails_stale_payments_with_the_expired_code,

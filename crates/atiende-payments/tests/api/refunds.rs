@@ -4,7 +4,8 @@ use atiende_proto::payments::v1 as pb;
 use tonic::Code;
 
 use crate::support::{
-    ALL, Engine, TestApp, agency_token, authed, minor, payment_request, refund_request,
+    ALL, Engine, REFUNDS_FAIL, TestApp, agency_token, authed, minor, payment_request,
+    refund_request,
 };
 
 pub async fn refunds_are_compare_and_set_against_the_available_amount(
@@ -227,5 +228,53 @@ pub async fn refund_replay_returns_the_original_refund(engine: Engine) -> anyhow
         ),
         4_000
     );
+    Ok(())
+}
+
+/// The sandbox card whose refunds fail: the refund ends in ERROR, its
+/// amount is available again, and the ledger reverses it.
+pub async fn a_refund_the_provider_fails_is_reversed_and_its_amount_available_again(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    let (_, token) = agency_token(ALL);
+    let payment = app.create(&token, payment_request(10_000, "CLP")).await;
+    let paid = app
+        .simulate(&token, &payment.payment_id, REFUNDS_FAIL)
+        .await
+        .unwrap();
+    assert_eq!(paid.state(), pb::PaymentState::Success);
+    let refund = app
+        .refund(&token, &paid.payment_id, 4_000, 10_000, "CLP")
+        .await
+        .unwrap();
+    assert_eq!(refund.state(), pb::RefundState::Error);
+    let after = app.get(&token, &paid.payment_id).await;
+    assert_eq!(minor(&after.refund_amount_available), 10_000);
+    assert_eq!(minor(&after.refund_amount_submitted), 0);
+
+    let balances = app.balances(&token).await;
+    let account = |a: pb::LedgerAccount| balances.get(&("CLP".into(), a.into())).copied();
+    // Refunded and reversed: nothing left in REFUNDS.
+    assert_eq!(account(pb::LedgerAccount::Refunds), Some(0));
+    assert_eq!(
+        account(pb::LedgerAccount::AgencyReceivable),
+        Some(10_000 - 250)
+    );
+    let events = crate::lifecycle::list_events(&app, &token, &paid.payment_id).await;
+    let types: Vec<_> = events.iter().rev().take(2).map(|e| e.r#type()).collect();
+    assert_eq!(
+        types,
+        [
+            pb::PaymentEventType::RefundErrored,
+            pb::PaymentEventType::RefundSubmitted
+        ]
+    );
+    // The whole amount can be refunded again (and fails again, safely).
+    let again = app
+        .refund(&token, &paid.payment_id, 10_000, 10_000, "CLP")
+        .await
+        .unwrap();
+    assert_eq!(again.state(), pb::RefundState::Error);
     Ok(())
 }

@@ -34,6 +34,7 @@ pub const DECLINED: &str = "4000 0000 0000 0002";
 pub const EXPIRED_CARD: &str = "4000 0000 0000 0069";
 pub const WRONG_CVC: &str = "4000 0000 0000 0127";
 pub const PROVIDER_ERROR: &str = "4000 0000 0000 0119";
+pub const REFUNDS_FAIL: &str = "4000 0000 0000 5126";
 
 pub struct TestApp {
     pub channel: Channel,
