@@ -11,8 +11,8 @@ use atiende_platform::storage::now_micros;
 
 use crate::service::{PaymentsError, PaymentsService};
 
-/// Runs the expiry job every `interval` until shutdown (or until the
-/// database is closed).
+/// Runs the expiry job, and the recovery of interrupted refunds, every
+/// `interval` until shutdown (or until the database is closed).
 pub fn spawn_expiry_job(
     service: Arc<PaymentsService>,
     interval: Duration,
@@ -33,6 +33,12 @@ pub fn spawn_expiry_job(
                 Ok(expired) => tracing::info!(expired, "expired stale payments"),
                 Err(PaymentsError::Storage(sqlx::Error::PoolClosed)) => return,
                 Err(error) => tracing::warn!(%error, "expiry job failed; retrying later"),
+            }
+            match service.finish_stale_refunds(now_micros()).await {
+                Ok(0) => {}
+                Ok(finished) => tracing::info!(finished, "finished interrupted refunds"),
+                Err(PaymentsError::Storage(sqlx::Error::PoolClosed)) => return,
+                Err(error) => tracing::warn!(%error, "refund recovery failed; retrying later"),
             }
         }
     })

@@ -162,4 +162,45 @@ impl PaymentsService {
             r.refund_id.clone()
         }))
     }
+
+    /// The recovery job for refunds: a refund still SUBMITTED 5 minutes
+    /// after it was submitted lost its process before the gateway answered;
+    /// the gateway is asked again (refund ids make that safe to repeat) and
+    /// the answer recorded. Returns how many were finished. `now` is a
+    /// parameter so tests drive the job without waiting.
+    pub async fn finish_stale_refunds(&self, now: i64) -> Result<usize, PaymentsError> {
+        const STALE_AFTER_MICROS: i64 = 5 * 60 * 1_000_000;
+        let mut finished = 0;
+        for refund in
+            store::stale_refunds(&self.db, now.saturating_sub(STALE_AFTER_MICROS), 100).await?
+        {
+            let Some(payment) =
+                store::get_payment(&self.db, &refund.tenant, &refund.payment_id).await?
+            else {
+                continue;
+            };
+            let outcome = match self.gateway(refund.tenant.environment) {
+                Ok(gateway) => {
+                    gateway
+                        .refund(
+                            &payment.payment_id,
+                            payment.card.as_ref(),
+                            &refund.refund_id,
+                            refund.amount,
+                        )
+                        .await
+                }
+                Err(_) => RefundOutcome::Failed,
+            };
+            let succeeded = outcome == RefundOutcome::Succeeded;
+            if store::finish_refund(&self.db, &refund, succeeded, now_micros())
+                .await?
+                .is_some()
+            {
+                self.events_recorded();
+                finished += 1;
+            }
+        }
+        Ok(finished)
+    }
 }

@@ -190,3 +190,23 @@ pub async fn list_refunds(
     });
     rows.into_iter().map(Refund::try_from).collect()
 }
+
+/// Refunds of every tenant still SUBMITTED though submitted before
+/// `submitted_before`: their process stopped before the gateway answered.
+pub async fn stale_refunds(
+    db: &Database,
+    submitted_before: i64,
+    limit: i64,
+) -> Result<Vec<Refund>, PaymentsError> {
+    let rows: Vec<RefundRow> = on_db!(db, pool => {
+        sqlx::query_as(concat!(
+            "SELECT ", refund_columns!(), " FROM refunds \
+             WHERE state = 'submitted' AND update_time < $1 ORDER BY update_time LIMIT $2"
+        ))
+        .bind(submitted_before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+    });
+    rows.into_iter().map(Refund::try_from).collect()
+}
