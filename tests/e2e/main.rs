@@ -195,11 +195,49 @@ async fn dev_token_calls_identity_and_unlanded_rpcs_say_unimplemented() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     // With one, the honest answer for what has not landed yet.
+    // Payments have landed: an empty request is refused field by field.
     let status = pay
         .create_payment(authed(payments::CreatePaymentRequest::default(), &token))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::InvalidArgument);
+    dev.trigger.trigger();
+    dev.platform.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn dev_serves_the_payment_page_on_its_http_address() {
+    let dev = start_dev(scratch_dir()).await;
+    let token = dev.platform.access_token.clone();
+    let mut pay = payments::payment_service_client::PaymentServiceClient::new(dev.channel.clone());
+    let payment = pay
+        .create_payment(authed(
+            payments::CreatePaymentRequest {
+                amount: Some(atiende_proto::common::v1::Money {
+                    currency_code: "CLP".into(),
+                    amount_minor: 15_000,
+                }),
+                reference: "EXP-1".into(),
+                description: "Permiso de circulación".into(),
+                return_url: "http://localhost:3000/vuelta".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    let page_base = format!("http://{}/pay/", dev.platform.http_addr);
+    assert!(
+        payment.next_url.starts_with(&page_base),
+        "{}",
+        payment.next_url
+    );
+    let page = reqwest::get(&payment.next_url).await.unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("CLP 15.000"));
     dev.trigger.trigger();
     dev.platform.wait().await.unwrap();
 }

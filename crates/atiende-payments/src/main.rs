@@ -21,17 +21,37 @@ async fn main() -> anyhow::Result<()> {
     let verifier = std::sync::Arc::new(atiende_platform::auth::TokenVerifier::from_config(
         &config.auth,
     )?);
-    let service = atiende_payments::Payments::open(&config).await?;
+    let (trigger, shutdown) = atiende_platform::server::shutdown_channel();
+    trigger.trigger_on_signals();
+    let service = atiende_payments::Payments::open(&config, shutdown.clone()).await?;
     let mut services = atiende_platform::server::GrpcServices::new();
     service.register(&mut services);
 
-    let (trigger, shutdown) = atiende_platform::server::shutdown_channel();
-    trigger.trigger_on_signals();
     let listener = tokio::net::TcpListener::bind(config.grpc.listen_addr).await?;
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "atiende-payments serving gRPC");
-    let served =
-        atiende_platform::server::serve_grpc(listener, services, verifier, &config.grpc, shutdown)
-            .await;
+    tracing::info!(
+        addr = %http_listener.local_addr()?,
+        public_url = %config.http.public_url,
+        "atiende-payments serving the payment page"
+    );
+    let router = service.http_router(verifier.clone());
+    let grpc = atiende_platform::server::serve_grpc(
+        listener,
+        services,
+        verifier,
+        &config.grpc,
+        shutdown.clone(),
+    );
+    let http = atiende_platform::server::serve_http(
+        http_listener,
+        router,
+        &config.http,
+        config.grpc.drain_delay_ms,
+        shutdown,
+    );
+    let (grpc, http) = tokio::join!(grpc, http);
     service.database().close().await;
-    Ok(served?)
+    grpc?;
+    Ok(http?)
 }

@@ -7,6 +7,7 @@ use crate::identity::v1::{
     CreateClientResponse, IntrospectTokenRequest, IssueTokenRequest, IssueTokenResponse,
     RevokeTokenRequest, RotateClientSecretResponse,
 };
+use crate::payments::v1::SimulateCardSubmissionRequest;
 
 const REDACTED: &str = "[redacted]";
 
@@ -62,6 +63,21 @@ impl fmt::Debug for RevokeTokenRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RevokeTokenRequest")
             .field("token", &REDACTED)
+            .finish()
+    }
+}
+
+/// Test card data only, but card numbers and CVCs are never printed, so
+/// that a habit formed in the sandbox cannot leak a real one.
+impl fmt::Debug for SimulateCardSubmissionRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimulateCardSubmissionRequest")
+            .field("payment_id", &self.payment_id)
+            .field("card_number", &REDACTED)
+            .field("expiry_month", &self.expiry_month)
+            .field("expiry_year", &self.expiry_year)
+            .field("cvc", &REDACTED)
+            .field("cardholder_name", &REDACTED)
             .finish()
     }
 }

@@ -124,11 +124,16 @@ impl DevPlatform {
             atiende_notifications::Notifications::open(&notifications_config).await?;
         let outbox = notifications.outbox().to_owned();
         let email_destination = notifications.email_destination();
-        let payments = atiende_payments::Payments::open(&PaymentsConfig {
-            storage,
-            grpc: grpc.clone(),
-            ..PaymentsConfig::default()
-        })
+        let payments = atiende_payments::Payments::open(
+            &PaymentsConfig {
+                storage,
+                grpc: grpc.clone(),
+                // The payment page is served on the same HTTP address.
+                http: http_config.clone(),
+                ..PaymentsConfig::default()
+            },
+            shutdown.clone(),
+        )
         .await?;
 
         let credentials = dev_credentials(&identity, &options.data_dir).await?;
@@ -143,7 +148,10 @@ impl DevPlatform {
         notifications.register(&mut services);
         payments.register(&mut services);
         let verifier = identity.verifier();
-        let router = identity.http_router().merge(notifications.http_router());
+        let router = identity
+            .http_router()
+            .merge(notifications.http_router())
+            .merge(payments.http_router(verifier.clone()));
         let delivery = notifications.start_delivery(shutdown.clone());
         let closing = identity.clone();
         let tasks = tokio::spawn(async move {

@@ -1,0 +1,378 @@
+//! The payment lifecycle: create, read, list, capture, cancel, the
+//! sandbox card step, and the expiry job.
+
+use super::*;
+
+impl PaymentsService {
+    /// Creates a payment in CREATED. With an idempotency key, a replay of
+    /// the same request returns the payment it created, and the key with
+    /// another request is refused.
+    pub async fn create_payment(
+        &self,
+        tenant: &Tenant,
+        new: NewPayment,
+        idempotency_key: Option<&str>,
+    ) -> Result<Payment, PaymentsError> {
+        let hash = payment_request_hash(&new);
+        let idempotency = idempotency_key.map(|key| (key, hash.as_str()));
+        if let Some((key, hash)) = idempotency
+            && let Some(original) = self.replay_payment(tenant, key, hash).await?
+        {
+            return Ok(original);
+        }
+        self.terms.for_agency(&tenant.agency_id).check(new.amount)?;
+        let now = now_micros();
+        let payment = Payment {
+            payment_id: new_id(PAYMENT_ID_PREFIX),
+            tenant: tenant.clone(),
+            new,
+            state: PaymentState::Created,
+            failure_reason: None,
+            failure_message: String::new(),
+            card: None,
+            refund_submitted_minor: 0,
+            fee_minor: None,
+            page_secret: format!(
+                "{:032x}{:032x}",
+                rand::random::<u128>(),
+                rand::random::<u128>()
+            ),
+            expire_time: now.saturating_add(PAYMENT_LIFETIME_MICROS),
+            create_time: now,
+            update_time: now,
+        };
+        if store::create_payment(&self.db, &payment, idempotency).await? {
+            self.events_recorded();
+            tracing::info!(payment_id = %payment.payment_id, agency_id = %tenant.agency_id, "payment created");
+            return Ok(payment);
+        }
+        // A concurrent request with the same key won: answer as a replay.
+        let (key, hash) = idempotency.ok_or(PaymentsError::Corrupt("idempotency"))?;
+        self.replay_payment(tenant, key, hash)
+            .await?
+            .ok_or(PaymentsError::Corrupt("idempotency record"))
+    }
+
+    async fn replay_payment(
+        &self,
+        tenant: &Tenant,
+        key: &str,
+        hash: &str,
+    ) -> Result<Option<Payment>, PaymentsError> {
+        let Some(record) =
+            store::find_idempotency_key(&self.db, tenant, "CreatePayment", key).await?
+        else {
+            return Ok(None);
+        };
+        if record.request_hash != hash {
+            return Err(PaymentsError::IdempotencyKeyReused);
+        }
+        store::get_payment(&self.db, tenant, &record.resource_id).await
+    }
+
+    pub async fn get_payment(
+        &self,
+        tenant: &Tenant,
+        payment_id: &str,
+    ) -> Result<Payment, PaymentsError> {
+        store::get_payment(&self.db, tenant, payment_id)
+            .await?
+            .ok_or(PaymentsError::PaymentNotFound)
+    }
+
+    pub async fn list_payments(
+        &self,
+        tenant: &Tenant,
+        filter: &PaymentFilter,
+        page_size: PageSize,
+        cursor: Option<&str>,
+    ) -> Result<Page<Payment>, PaymentsError> {
+        let items =
+            store::list_payments(&self.db, tenant, filter, cursor, page_size.fetch_limit()).await?;
+        Ok(Page::from_overfetch(items, page_size, |p| {
+            p.payment_id.clone()
+        }))
+    }
+
+    pub async fn list_payment_events(
+        &self,
+        tenant: &Tenant,
+        payment_id: &str,
+        page_size: PageSize,
+        after_sequence: Option<i64>,
+    ) -> Result<Page<PaymentEvent>, PaymentsError> {
+        // The payment itself must be the tenant's (an empty list would
+        // not tell "none yet" from "not yours").
+        self.get_payment(tenant, payment_id).await?;
+        let items = store::list_payment_events(
+            &self.db,
+            tenant,
+            payment_id,
+            after_sequence.unwrap_or(0),
+            page_size.fetch_limit(),
+        )
+        .await?;
+        Ok(Page::from_overfetch(items, page_size, |e| {
+            e.sequence.to_string()
+        }))
+    }
+
+    /// Moves a payment to `to`, as the state machine allows from the state
+    /// it is in, recording the event (and, on success, the fee and the
+    /// ledger postings) atomically. A concurrent change is retried from the
+    /// state it left.
+    pub(super) async fn move_to(
+        &self,
+        tenant: &Tenant,
+        mut payment: Payment,
+        to: PaymentState,
+        reason: Option<FailureReason>,
+        message: &str,
+        card: Option<&CardSummary>,
+    ) -> Result<Payment, PaymentsError> {
+        for _ in 0..STATE_CHANGE_ATTEMPTS {
+            let event = state::transition(payment.state, to, reason)?;
+            let (fee_minor, postings) = if to == PaymentState::Success {
+                let fee = self
+                    .terms
+                    .for_agency(&tenant.agency_id)
+                    .fees
+                    .fee(payment.amount());
+                (Some(fee.minor), capture_postings(payment.amount(), fee))
+            } else {
+                (None, Vec::new())
+            };
+            let change = StateChange {
+                from: payment.state,
+                to,
+                event,
+                reason,
+                message,
+                card,
+                fee_minor,
+                postings,
+                now: now_micros(),
+            };
+            if let Some(changed) =
+                store::change_state(&self.db, tenant, &payment.payment_id, &change).await?
+            {
+                self.events_recorded();
+                tracing::info!(
+                    payment_id = %changed.payment_id,
+                    from = change.from.as_str(),
+                    to = to.as_str(),
+                    "payment state changed"
+                );
+                return Ok(changed);
+            }
+            payment = self.get_payment(tenant, &payment.payment_id).await?;
+        }
+        Err(IllegalTransition {
+            from: payment.state,
+            to,
+        }
+        .into())
+    }
+
+    /// Captures a CAPTURABLE payment; a SUCCESS one is returned unchanged.
+    pub async fn capture_payment(
+        &self,
+        tenant: &Tenant,
+        payment_id: &str,
+    ) -> Result<Payment, PaymentsError> {
+        let payment = self.get_payment(tenant, payment_id).await?;
+        if payment.state == PaymentState::Success {
+            return Ok(payment);
+        }
+        if payment.state != PaymentState::Capturable {
+            return Err(IllegalTransition {
+                from: payment.state,
+                to: PaymentState::Success,
+            }
+            .into());
+        }
+        match self
+            .move_to(tenant, payment, PaymentState::Success, None, "", None)
+            .await
+        {
+            // A concurrent capture won: the payment is captured, once.
+            Err(PaymentsError::IllegalTransition(IllegalTransition {
+                from: PaymentState::Success,
+                ..
+            })) => self.get_payment(tenant, payment_id).await,
+            other => other,
+        }
+    }
+
+    /// Cancels a payment that has not finished; a CANCELLED one is
+    /// returned unchanged.
+    pub async fn cancel_payment(
+        &self,
+        tenant: &Tenant,
+        payment_id: &str,
+    ) -> Result<Payment, PaymentsError> {
+        let payment = self.get_payment(tenant, payment_id).await?;
+        if payment.state == PaymentState::Cancelled {
+            return Ok(payment);
+        }
+        match self
+            .move_to(
+                tenant,
+                payment,
+                PaymentState::Cancelled,
+                Some(FailureReason::CancelledByAgency),
+                "cancelled by the agency",
+                None,
+            )
+            .await
+        {
+            Err(PaymentsError::IllegalTransition(IllegalTransition {
+                from: PaymentState::Cancelled,
+                ..
+            })) => self.get_payment(tenant, payment_id).await,
+            other => other,
+        }
+    }
+
+    /// Plays the payer's card step (sandbox only): opens the page if it
+    /// was not, submits the card, and records the gateway's answer.
+    pub async fn simulate_card_submission(
+        &self,
+        tenant: &Tenant,
+        payment_id: &str,
+        card: &CardSubmission,
+    ) -> Result<Payment, PaymentsError> {
+        if tenant.environment != Environment::Sandbox {
+            return Err(PaymentsError::SandboxOnly);
+        }
+        let payment = self.get_payment(tenant, payment_id).await?;
+        self.card_step(payment, card).await
+    }
+
+    /// The payer's card step on a payment in CREATED or STARTED: opens
+    /// the page if it was not, records the submitted card (what may be
+    /// kept of it), asks the environment's gateway and records its answer.
+    pub(super) async fn card_step(
+        &self,
+        payment: Payment,
+        card: &CardSubmission,
+    ) -> Result<Payment, PaymentsError> {
+        let tenant = payment.tenant.clone();
+        // Before any change: a payment no gateway can take stays as it is.
+        let gateway = self.gateway(tenant.environment)?;
+        let mut payment = payment;
+        if payment.state == PaymentState::Created {
+            payment = self
+                .move_to(&tenant, payment, PaymentState::Started, None, "", None)
+                .await?;
+        }
+        let summary = card.summary();
+        let payment = self
+            .move_to(
+                &tenant,
+                payment,
+                PaymentState::Submitted,
+                None,
+                "",
+                Some(&summary),
+            )
+            .await?;
+        let outcome = gateway
+            .authorise(&payment.payment_id, card, payment.amount())
+            .await;
+        let (to, reason, message) = match outcome {
+            Authorisation::Authorised if payment.new.delayed_capture => {
+                (PaymentState::Capturable, None, "")
+            }
+            Authorisation::Authorised => (PaymentState::Success, None, ""),
+            Authorisation::Declined(message) => {
+                (PaymentState::Failed, Some(FailureReason::Rejected), message)
+            }
+            Authorisation::ProviderError(message) => (
+                PaymentState::Error,
+                Some(FailureReason::ProviderError),
+                message,
+            ),
+        };
+        self.move_to(&tenant, payment, to, reason, message, None)
+            .await
+    }
+
+    /// The expiry job: payments whose payer did not finish by `now` (90
+    /// minutes after creation) and authorisations not captured within 7
+    /// days become FAILED with reason EXPIRED. Returns how many. `now` is
+    /// a parameter so tests drive the job without waiting.
+    pub async fn expire_stale_payments(&self, now: i64) -> Result<usize, PaymentsError> {
+        const BATCH: i64 = 100;
+        let mut expired = 0;
+        loop {
+            let stale = store::stale_payments(
+                &self.db,
+                now,
+                now.saturating_sub(CAPTURE_WINDOW_MICROS),
+                BATCH,
+            )
+            .await?;
+            let mut progressed = false;
+            for item in &stale {
+                let message = if item.state == PaymentState::Capturable {
+                    "the authorisation was not captured within 7 days"
+                } else {
+                    "the payer did not finish within 90 minutes"
+                };
+                let Some(payment) =
+                    store::get_payment(&self.db, &item.tenant, &item.payment_id).await?
+                else {
+                    continue;
+                };
+                match self
+                    .move_to(
+                        &item.tenant,
+                        payment,
+                        PaymentState::Failed,
+                        Some(FailureReason::Expired),
+                        message,
+                        None,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        expired += 1;
+                        progressed = true;
+                    }
+                    // Finished meanwhile (paid, cancelled, or expired by
+                    // another instance): nothing to do.
+                    Err(PaymentsError::IllegalTransition(_)) => {}
+                    Err(other) => return Err(other),
+                }
+            }
+            if !progressed || stale.len() < usize::try_from(BATCH).unwrap_or(usize::MAX) {
+                return Ok(expired);
+            }
+        }
+    }
+}
+
+/// A digest of what a create request asks for, to tell a replay from a
+/// reuse of its idempotency key.
+fn payment_request_hash(new: &NewPayment) -> String {
+    let amount = new.amount.minor.to_string();
+    let mut parts: Vec<&str> = vec![
+        new.amount.currency.code(),
+        &amount,
+        &new.reference,
+        &new.description,
+        &new.return_url,
+        new.language.as_str(),
+        if new.delayed_capture {
+            "delayed"
+        } else {
+            "immediate"
+        },
+    ];
+    for (key, value) in &new.metadata {
+        parts.push(key);
+        parts.push(value);
+    }
+    request_hash(&parts)
+}
