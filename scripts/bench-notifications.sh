@@ -41,6 +41,7 @@ start_server() {
   ATIENDE_LIMITS__SENDS_PER_MINUTE=0 \
   ATIENDE_LIMITS__DAILY_EMAILS=0 \
   ATIENDE_TELEMETRY__LOG_FILTER=warn \
+  ATIENDE_DELIVERY__ENABLED="${DELIVERY:-true}" \
     "$BIN/atiende-notifications" > "$WORK/server.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 100); do
@@ -52,18 +53,20 @@ start_server() {
 }
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 
-echo "== atiende-notifications on PostgreSQL"
-start_server
+fresh_db() {
+  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" 2>/dev/null
+}
+
+echo "== an API-only instance (delivery.enabled=false): health, then sends accepted and committed"
+DELIVERY=false start_server
 "$BIN/atiende-bench" --target http://127.0.0.1:50061 --scenario health --duration "$DURATION"
 "$BIN/atiende-bench" --target http://127.0.0.1:50061 --test-key --scenario notifications.send-email --duration "$DURATION" --smtp-sink 127.0.0.1:2525
-# Start again on an empty queue for the delivery scenarios.
 kill $SERVER; wait $SERVER 2>/dev/null || true
-psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-start_server
-echo "== delivery to the bench's SMTP server, as fast as it goes"
-"$BIN/atiende-bench" --target http://127.0.0.1:50061 --test-key --scenario notifications.delivery --duration "$DURATION" --smtp-sink 127.0.0.1:2525
-echo "== delivery paced at 500 sends/s"
-kill $SERVER; wait $SERVER 2>/dev/null || true
-psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-start_server
-"$BIN/atiende-bench" --target http://127.0.0.1:50061 --test-key --scenario notifications.delivery --duration "$DURATION" --rate 500 --smtp-sink 127.0.0.1:2525
+
+for RATE in 0 1000 500; do
+  fresh_db
+  DELIVERY=true start_server
+  echo "== one instance accepting and delivering to the bench's SMTP server, sends paced at ${RATE}/s (0: as fast as possible)"
+  "$BIN/atiende-bench" --target http://127.0.0.1:50061 --test-key --scenario notifications.delivery --duration "$DURATION" --rate "$RATE" --smtp-sink 127.0.0.1:2525
+  kill $SERVER; wait $SERVER 2>/dev/null || true
+done

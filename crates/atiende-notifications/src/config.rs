@@ -121,6 +121,11 @@ pub enum SmsProviderConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
+    /// Run the delivery workers (and callbacks, retention) in this instance.
+    /// Off makes an API-only instance that accepts and stores sends while
+    /// other instances deliver them.
+    #[serde(deserialize_with = "lenient::deserialize")]
+    pub enabled: bool,
     /// Concurrent deliveries per instance.
     #[serde(deserialize_with = "lenient::deserialize")]
     pub concurrency: usize,
@@ -165,6 +170,7 @@ pub struct DeliveryConfig {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             concurrency: 64,
             poll_interval_ms: Duration::from_millis(250),
             lease_ms: Duration::from_secs(5 * 60),

@@ -38,7 +38,10 @@ async fn main() -> anyhow::Result<()> {
         email = %service.email_destination(),
         "atiende-notifications serving"
     );
-    let delivery = service.start_delivery(shutdown.clone());
+    let delivery = config
+        .delivery
+        .enabled
+        .then(|| service.start_delivery(shutdown.clone()));
     let grpc = atiende_platform::server::serve_grpc(
         listener,
         services,
@@ -54,7 +57,9 @@ async fn main() -> anyhow::Result<()> {
         shutdown,
     );
     let (grpc, http) = tokio::join!(grpc, http);
-    let _ = delivery.await;
+    if let Some(delivery) = delivery {
+        let _ = delivery.await;
+    }
     service.database().close().await;
     grpc?;
     Ok(http?)

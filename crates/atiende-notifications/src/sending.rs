@@ -302,7 +302,12 @@ impl NotificationsService {
         send: EmailSend,
     ) -> Result<Notification, NotificationsError> {
         self.rate_limit(sender)?;
-        let hash = request_hash(&send);
+        // Only a request with an idempotency key needs its digest.
+        let hash = if send.options.idempotency_key.is_some() {
+            request_hash(&send)
+        } else {
+            String::new()
+        };
         if let Some(original) = self
             .replay_send(sender, "SendEmail", &send.options, &hash)
             .await?
@@ -408,7 +413,12 @@ impl NotificationsService {
         send: SmsSend,
     ) -> Result<Notification, NotificationsError> {
         self.rate_limit(sender)?;
-        let hash = request_hash(&send);
+        // Only a request with an idempotency key needs its digest.
+        let hash = if send.options.idempotency_key.is_some() {
+            request_hash(&send)
+        } else {
+            String::new()
+        };
         if let Some(original) = self
             .replay_send(sender, "SendSms", &send.options, &hash)
             .await?
@@ -472,7 +482,12 @@ impl NotificationsService {
         send: BatchSend,
     ) -> Result<BatchView, NotificationsError> {
         self.rate_limit(sender)?;
-        let hash = request_hash(&send);
+        // Only a request with an idempotency key needs its digest.
+        let hash = if send.options.idempotency_key.is_some() {
+            request_hash(&send)
+        } else {
+            String::new()
+        };
         if let Some(key) = &send.options.idempotency_key
             && let Some(record) =
                 crate::store::find_idempotency_key(&self.db, &sender.agency_id, "SendBatch", key)
