@@ -44,6 +44,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     access::sandbox_and_live_never_see_each_other,
     access::scopes_are_enforced,
     validation::bad_input_gets_field_violations,
+    validation::random_input_never_breaks_the_service,
     streams::watch_streams_new_events_and_resumes_from_a_cursor,
     streams::export_streams_balanced_transactions_that_add_up_to_the_balances,
     streams::restart_loses_no_acknowledged_payment_and_never_captures_twice,
