@@ -40,6 +40,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     ledger::random_operations_keep_the_ledger_balanced,
     expiry::expiry_job_fails_stale_payments_with_the_expired_code,
     expiry::recovery_job_finishes_refunds_interrupted_before_the_gateway_answered,
+    expiry::recovery_job_finishes_payments_interrupted_after_the_card_step,
     access::agency_cannot_read_or_change_another_agencys_payments,
     access::sandbox_and_live_never_see_each_other,
     access::scopes_are_enforced,
