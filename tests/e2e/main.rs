@@ -73,6 +73,7 @@ async fn start_dev_on(
             data_dir: data_dir.clone(),
             grpc_addr,
             http_addr,
+            smtp_url: None,
         },
         shutdown,
     )
@@ -194,11 +195,6 @@ async fn dev_token_calls_identity_and_unlanded_rpcs_say_unimplemented() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     // With one, the honest answer for what has not landed yet.
-    let status = sender
-        .send_email(authed(notifications::SendEmailRequest::default(), &token))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
     // Payments have landed: an empty request is refused field by field.
     let status = pay
         .create_payment(authed(payments::CreatePaymentRequest::default(), &token))
@@ -242,6 +238,87 @@ async fn dev_serves_the_payment_page_on_its_http_address() {
     let page = reqwest::get(&payment.next_url).await.unwrap();
     assert_eq!(page.status(), reqwest::StatusCode::OK);
     assert!(page.text().await.unwrap().contains("CLP 15.000"));
+    dev.trigger.trigger();
+    dev.platform.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn dev_writes_sandbox_email_to_the_outbox() {
+    let dev = start_dev(scratch_dir()).await;
+    let token = dev.platform.access_token.clone();
+    let template =
+        notifications::template_service_client::TemplateServiceClient::new(dev.channel.clone())
+            .create_template(authed(
+                notifications::CreateTemplateRequest {
+                    name: "Bienvenida".into(),
+                    channel: notifications::Channel::Email.into(),
+                    subject: "Hola ((nombre))".into(),
+                    body: "Bienvenida, ((nombre)).".into(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .template
+            .unwrap();
+    let mut sender = notifications::notification_service_client::NotificationServiceClient::new(
+        dev.channel.clone(),
+    );
+    let sent = sender
+        .send_email(authed(
+            notifications::SendEmailRequest {
+                template_id: template.template_id,
+                email_address: "ana@example.cl".into(),
+                personalisation: [(
+                    "nombre".to_owned(),
+                    notifications::PersonalisationValue {
+                        kind: Some(notifications::personalisation_value::Kind::Text(
+                            "Ana".into(),
+                        )),
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .notification
+        .unwrap();
+    let file = dev
+        .platform
+        .outbox
+        .join(format!("{}.eml", sent.notification_id));
+    let mut text = String::new();
+    for _ in 0..200 {
+        if let Ok(found) = std::fs::read_to_string(&file) {
+            text = found;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains("Subject: Hola Ana"), "{text}");
+    assert!(text.contains("To: ana@example.cl"), "{text}");
+    let done = sender
+        .get_notification(authed(
+            notifications::GetNotificationRequest {
+                notification_id: sent.notification_id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .notification
+        .unwrap();
+    assert!(matches!(
+        done.status(),
+        notifications::NotificationStatus::Sending | notifications::NotificationStatus::Delivered
+    ));
     dev.trigger.trigger();
     dev.platform.wait().await.unwrap();
 }
@@ -336,7 +413,7 @@ async fn standalone_service_verifies_identity_tokens_through_grpc_jwks() {
         .unwrap_err();
     assert_eq!(
         status.code(),
-        Code::Unimplemented,
+        Code::InvalidArgument,
         "the identity token is accepted: {status:?}"
     );
     let status = client

@@ -6,10 +6,18 @@
 //! - `identity.issue-token`: `TokenService/IssueToken` (client credentials);
 //! - `identity.introspect`: `TokenService/IntrospectToken`;
 //! - `all`: each of the above at full speed, then each again paced at half
-//!   its measured maximum, with ratios against `health` from the same run.
+//!   its measured maximum, with ratios against `health` from the same run;
+//! - `notifications.send-email`: `NotificationService/SendEmail`, answered
+//!   once committed;
+//! - `notifications.delivery`: sends as `send-email` does, to live
+//!   recipients, and an SMTP server inside the bench (`--smtp-sink`)
+//!   receives them: delivered per second and accept-to-SMTP latency.
 //!
 //! Credentials come from `--credentials` (the `dev-credentials.json` that
-//! `atiende dev` writes) or `--client-id`/`--client-secret`.
+//! `atiende dev` writes) or `--client-id`/`--client-secret`. Notification
+//! scenarios sign their own live token with the platform's public test key
+//! (`--test-key`): the notifications server under test must trust only that
+//! key's JWKS (`--write-test-jwks`), so never point them at a deployment.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use atiende_proto::identity::v1 as pb;
+use atiende_proto::notifications::v1 as notifications;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
@@ -56,6 +65,15 @@ struct Args {
     client_id: Option<String>,
     #[arg(long, env = "ATIENDE_CLIENT_SECRET")]
     client_secret: Option<String>,
+    /// Write the JWKS of the platform's test key to this file and exit.
+    #[arg(long)]
+    write_test_jwks: Option<PathBuf>,
+    /// Notification scenarios: sign a live token with the test key.
+    #[arg(long)]
+    test_key: bool,
+    /// `notifications.delivery`: where the bench's SMTP server listens.
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    smtp_sink: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -75,6 +93,12 @@ enum Scenario {
     Introspect {
         token: String,
     },
+    SendEmail {
+        token: String,
+        template_id: String,
+        /// Accept times by notification id, for delivery latency.
+        accepted: Option<Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>>,
+    },
 }
 
 impl Scenario {
@@ -83,6 +107,8 @@ impl Scenario {
             Self::Health => "health",
             Self::IssueToken { .. } => "identity.issue-token",
             Self::Introspect { .. } => "identity.introspect",
+            Self::SendEmail { accepted: None, .. } => "notifications.send-email",
+            Self::SendEmail { .. } => "notifications.delivery",
         }
     }
 
@@ -124,9 +150,120 @@ impl Scenario {
                     ));
                 }
             }
+            Self::SendEmail {
+                token,
+                template_id,
+                accepted,
+            } => {
+                let n = SENT.fetch_add(1, Ordering::Relaxed);
+                let mut request = tonic::Request::new(notifications::SendEmailRequest {
+                    template_id: template_id.clone(),
+                    email_address: format!("vecino{n}@bench.test"),
+                    personalisation: [(
+                        "nombre".to_owned(),
+                        notifications::PersonalisationValue {
+                            kind: Some(notifications::personalisation_value::Kind::Text(format!(
+                                "Vecino {n}"
+                            ))),
+                        },
+                    )]
+                    .into(),
+                    reference: format!("bench-{n}"),
+                    ..Default::default()
+                });
+                bearer(&mut request, token)?;
+                let started = Instant::now();
+                let response =
+                    notifications::notification_service_client::NotificationServiceClient::new(
+                        channel.clone(),
+                    )
+                    .send_email(request)
+                    .await?;
+                if let (Some(accepted), Some(n)) = (accepted, &response.get_ref().notification) {
+                    accepted
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(n.notification_id.clone(), started);
+                }
+            }
         }
         Ok(())
     }
+}
+
+static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn bearer<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), tonic::Status> {
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| tonic::Status::internal("token is not a header value"))?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(())
+}
+
+/// Arrival times of messages at the bench's SMTP server, by Message-ID.
+#[derive(Clone, Default)]
+struct Sink {
+    arrivals: Arc<std::sync::Mutex<Vec<(String, Instant)>>>,
+}
+
+#[derive(Clone)]
+struct SinkHandler {
+    sink: Sink,
+    message_id: Option<String>,
+    head: Vec<u8>,
+}
+
+impl mailin_embedded::Handler for SinkHandler {
+    fn data_start(&mut self, _: &str, _: &str, _: bool, _: &[String]) -> mailin_embedded::Response {
+        self.message_id = None;
+        self.head.clear();
+        mailin_embedded::response::OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.message_id.is_none() && self.head.len() < 64 * 1024 {
+            self.head.extend_from_slice(buf);
+            let text = String::from_utf8_lossy(&self.head);
+            if let Some(start) = text.find("Message-ID: <") {
+                let rest = &text[start + 13..];
+                if let Some(end) = rest.find('@') {
+                    self.message_id = Some(rest[..end].to_owned());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        if let Some(id) = self.message_id.take() {
+            self.sink
+                .arrivals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((id, Instant::now()));
+        }
+        mailin_embedded::response::OK
+    }
+}
+
+fn start_sink(addr: &str) -> anyhow::Result<Sink> {
+    let sink = Sink::default();
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("the SMTP sink cannot listen on {addr}"))?;
+    let mut server = mailin_embedded::Server::new(SinkHandler {
+        sink: sink.clone(),
+        message_id: None,
+        head: Vec::new(),
+    });
+    server
+        .with_name("sink.bench")
+        .with_num_threads(256)
+        .with_tcp_listener(listener);
+    std::thread::spawn(move || {
+        let _ = server.serve();
+    });
+    Ok(sink)
 }
 
 /// What one run measured.
@@ -257,6 +394,63 @@ async fn run(
     Ok(report)
 }
 
+/// Waits for the sends accepted during the run to arrive at the sink, then
+/// reports delivered per second and accept-to-SMTP latency.
+async fn delivery_report(
+    args: &Args,
+    sink: &Sink,
+    accepted: &std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    report: &Report,
+) -> anyhow::Result<()> {
+    let expected = accepted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .len();
+    let deadline = Instant::now() + Duration::from_secs(args.duration.max(10) * 3);
+    loop {
+        let arrived = sink
+            .arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+        if arrived >= expected || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let accepted = accepted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let arrivals = sink
+        .arrivals
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    let mut matched = 0u64;
+    for (id, at) in arrivals.iter() {
+        if let Some(sent) = accepted.get(id) {
+            matched += 1;
+            let micros = u64::try_from(at.duration_since(*sent).as_micros()).unwrap_or(u64::MAX);
+            latency.saturating_record(micros.max(1));
+            first = Some(first.map_or(*at, |f| f.min(*at)));
+            last = Some(last.map_or(*at, |l| l.max(*at)));
+        }
+    }
+    let span = match (first, last) {
+        (Some(f), Some(l)) if l > f => l.duration_since(f).as_secs_f64(),
+        _ => report.elapsed.as_secs_f64(),
+    };
+    println!(
+        "notifications.delivery  accepted {expected} (warm-up included)  arrived {matched}  {:.0} emails/s at the SMTP server  accept→SMTP p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        matched as f64 / span,
+        latency.value_at_quantile(0.5) as f64 / 1000.0,
+        latency.value_at_quantile(0.99) as f64 / 1000.0,
+        latency.max() as f64 / 1000.0,
+    );
+    Ok(())
+}
+
 fn credentials(args: &Args) -> anyhow::Result<(String, String)> {
     if let Some(path) = &args.credentials {
         let text = std::fs::read_to_string(path)
@@ -302,6 +496,43 @@ async fn scenarios(args: &Args, channels: &[Channel]) -> anyhow::Result<Vec<Scen
                     Scenario::Introspect { token }
                 }
             }
+            "notifications.send-email" | "notifications.delivery" => {
+                anyhow::ensure!(
+                    args.test_key,
+                    "notification scenarios need --test-key (see --help)"
+                );
+                let token = atiende_platform::testing::token(
+                    &format!("agy_{:032x}", SENT.load(Ordering::Relaxed) + 0xbe4c),
+                    &[
+                        atiende_platform::auth::Scope::NotificationsTemplates,
+                        atiende_platform::auth::Scope::NotificationsSend,
+                    ],
+                    atiende_platform::auth::Environment::Live,
+                );
+                let mut request = tonic::Request::new(notifications::CreateTemplateRequest {
+                    name: "Bench".into(),
+                    channel: notifications::Channel::Email.into(),
+                    subject: "Aviso para ((nombre))".into(),
+                    body: "# Hola ((nombre))\n\nSu trámite está listo.\n\n* Retire en la oficina\n* Traiga su cédula".into(),
+                    ..Default::default()
+                });
+                bearer(&mut request, &token)?;
+                let template_id =
+                    notifications::template_service_client::TemplateServiceClient::new(
+                        channels[0].clone(),
+                    )
+                    .create_template(request)
+                    .await?
+                    .into_inner()
+                    .template
+                    .context("no template")?
+                    .template_id;
+                Scenario::SendEmail {
+                    token,
+                    template_id,
+                    accepted: (name == "notifications.delivery").then(Default::default),
+                }
+            }
             other => anyhow::bail!("unknown scenario {other}"),
         });
     }
@@ -311,6 +542,21 @@ async fn scenarios(args: &Args, channels: &[Channel]) -> anyhow::Result<Vec<Scen
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(path) = &args.write_test_jwks {
+        std::fs::write(path, atiende_platform::testing::jwks_json().to_string())?;
+        println!(
+            "wrote {}: trust it with ATIENDE_AUTH__JWKS_FILE, ATIENDE_AUTH__ISSUER={} and ATIENDE_AUTH__AUDIENCE={}",
+            path.display(),
+            atiende_platform::testing::TEST_ISSUER,
+            atiende_platform::testing::TEST_AUDIENCE
+        );
+        return Ok(());
+    }
+    let sink = if args.scenario.starts_with("notifications.") {
+        Some(start_sink(&args.smtp_sink)?)
+    } else {
+        None
+    };
     let channels = connect(&args.target, args.connections).await?;
     let scenarios = scenarios(&args, &channels).await?;
     println!(
@@ -321,6 +567,16 @@ async fn main() -> anyhow::Result<()> {
     for scenario in &scenarios {
         let report = run(&args, &channels, scenario, args.rate).await?;
         report.print(if args.rate > 0 { "paced" } else { "max" });
+        if let (
+            Some(sink),
+            Scenario::SendEmail {
+                accepted: Some(accepted),
+                ..
+            },
+        ) = (&sink, scenario)
+        {
+            delivery_report(&args, sink, accepted, &report).await?;
+        }
         maxima.push((scenario.clone(), report.rate()));
     }
     if args.scenario == "all" && args.rate == 0 {

@@ -1,9 +1,6 @@
 //! The gRPC adapter: the only module that knows prost types. It checks
 //! scopes, parses requests into domain values (collecting every field
 //! violation), calls [`NotificationsService`] and renders the result.
-//! `NotificationService` and `CallbackService` land with the rest of the
-//! notifications release; until then they answer UNIMPLEMENTED (after
-//! authentication).
 
 use std::sync::Arc;
 
@@ -21,6 +18,8 @@ use crate::domain::templates::{
 };
 use crate::service::{NotificationsService, TemplateEdit};
 
+mod sending;
+
 type Reply<T> = Result<Response<T>, Status>;
 
 /// Most personalisation values one request may carry.
@@ -31,17 +30,24 @@ const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 pub struct TemplateApi(pub Arc<NotificationsService>);
 
 #[derive(Clone)]
-pub struct NotificationApi;
+pub struct NotificationApi {
+    pub service: Arc<NotificationsService>,
+    /// How often an event stream looks for changes made elsewhere.
+    pub poll_interval: std::time::Duration,
+}
 
 #[derive(Clone)]
-pub struct CallbackApi;
-
-impl pb::notification_service_server::NotificationService for NotificationApi {}
-impl pb::callback_service_server::CallbackService for CallbackApi {}
+pub struct CallbackApi {
+    pub service: Arc<NotificationsService>,
+    pub allow_insecure: bool,
+}
 
 const READERS: &[Scope] = &[Scope::NotificationsTemplates, Scope::NotificationsRead];
 
-fn authorised(request: &Request<impl Sized>, scopes: &[Scope]) -> Result<Caller, ApiError> {
+pub(crate) fn authorised(
+    request: &Request<impl Sized>,
+    scopes: &[Scope],
+) -> Result<Caller, ApiError> {
     let caller = caller(request)?;
     caller.require_any(scopes)?;
     Ok(caller)
@@ -193,7 +199,7 @@ impl pb::template_service_server::TemplateService for TemplateApi {
         let caller = authorised(&request, READERS)?;
         let req = request.into_inner();
         let mut v = Violations::new();
-        let values = parse_personalisation(&req.personalisation, &mut v);
+        let values = parse_personalisation(&req.personalisation, "personalisation", &mut v);
         let source = match &req.source {
             Some(pb::preview_template_request::Source::TemplateId(id)) => {
                 let id = v.check("template_id", parse_id(TEMPLATE_ID_PREFIX, id));
@@ -254,7 +260,7 @@ enum Source {
     Unsaved(Channel, String, String),
 }
 
-fn parse_channel(raw: i32) -> Result<Channel, String> {
+pub(crate) fn parse_channel(raw: i32) -> Result<Channel, String> {
     match pb::Channel::try_from(raw) {
         Ok(pb::Channel::Email) => Ok(Channel::Email),
         Ok(pb::Channel::Sms) => Ok(Channel::Sms),
@@ -263,7 +269,7 @@ fn parse_channel(raw: i32) -> Result<Channel, String> {
 }
 
 /// 0 means the latest version.
-fn parse_version(raw: i32) -> Result<Option<i32>, String> {
+pub(crate) fn parse_version(raw: i32) -> Result<Option<i32>, String> {
     match raw {
         0 => Ok(None),
         n if n > 0 => Ok(Some(n)),
@@ -271,7 +277,7 @@ fn parse_version(raw: i32) -> Result<Option<i32>, String> {
     }
 }
 
-fn parse_idempotency_key(raw: &str) -> Result<Option<String>, String> {
+pub(crate) fn parse_idempotency_key(raw: &str) -> Result<Option<String>, String> {
     if raw.is_empty() {
         Ok(None)
     } else if raw.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS || raw.chars().any(char::is_control) {
@@ -284,20 +290,21 @@ fn parse_idempotency_key(raw: &str) -> Result<Option<String>, String> {
 }
 
 /// The values, or `None` with violations recorded per key.
-fn parse_personalisation(
+pub(crate) fn parse_personalisation(
     raw: &std::collections::HashMap<String, pb::PersonalisationValue>,
+    field: &str,
     v: &mut Violations,
 ) -> Option<Personalisation> {
     if raw.len() > MAX_PERSONALISATION_KEYS {
         v.add(
-            "personalisation",
+            field,
             format!("must have at most {MAX_PERSONALISATION_KEYS} values"),
         );
         return None;
     }
     let bytes: usize = raw.iter().map(|(k, v)| k.len() + value_bytes(v)).sum();
     if bytes > MAX_INSERTED_BYTES {
-        v.add("personalisation", "must be at most 1 MiB in all");
+        v.add(field, "must be at most 1 MiB in all");
         return None;
     }
     let mut values = Personalisation::new();
@@ -312,14 +319,14 @@ fn parse_personalisation(
             Some(pb::personalisation_value::Kind::Text(text)) => Value::Text(text.clone()),
             Some(pb::personalisation_value::Kind::List(list)) => Value::List(list.items.clone()),
             None => {
-                v.add(format!("personalisation[{name}]"), "must be text or a list");
+                v.add(format!("{field}[{name}]"), "must be text or a list");
                 ok = false;
                 continue;
             }
         };
         if values.insert(name, value).is_some() {
             v.add(
-                format!("personalisation[{name}]"),
+                format!("{field}[{name}]"),
                 "names the same placeholder as another key (names ignore case and spaces)",
             );
             ok = false;
@@ -378,7 +385,7 @@ fn rendering_to_pb(rendering: Rendering) -> pb::preview_template_response::Rende
     }
 }
 
-fn timestamp(micros: i64) -> prost_types::Timestamp {
+pub(crate) fn timestamp(micros: i64) -> prost_types::Timestamp {
     let nanos = i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0);
     prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),

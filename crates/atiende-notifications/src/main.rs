@@ -31,10 +31,31 @@ async fn main() -> anyhow::Result<()> {
     let (trigger, shutdown) = atiende_platform::server::shutdown_channel();
     trigger.trigger_on_signals();
     let listener = tokio::net::TcpListener::bind(config.grpc.listen_addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "atiende-notifications serving gRPC");
-    let served =
-        atiende_platform::server::serve_grpc(listener, services, verifier, &config.grpc, shutdown)
-            .await;
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen_addr).await?;
+    tracing::info!(
+        grpc = %listener.local_addr()?,
+        http = %http_listener.local_addr()?,
+        email = %service.email_destination(),
+        "atiende-notifications serving"
+    );
+    let delivery = service.start_delivery(shutdown.clone());
+    let grpc = atiende_platform::server::serve_grpc(
+        listener,
+        services,
+        verifier,
+        &config.grpc,
+        shutdown.clone(),
+    );
+    let http = atiende_platform::server::serve_http(
+        http_listener,
+        service.http_router(),
+        &config.http,
+        config.grpc.drain_delay_ms,
+        shutdown,
+    );
+    let (grpc, http) = tokio::join!(grpc, http);
+    let _ = delivery.await;
     service.database().close().await;
-    Ok(served?)
+    grpc?;
+    Ok(http?)
 }

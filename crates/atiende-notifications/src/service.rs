@@ -24,6 +24,20 @@ pub enum NotificationsError {
     InvalidDraft(Vec<DraftViolation>),
     #[error("the idempotency key was used with a different request")]
     IdempotencyKeyReused,
+    #[error("the request has invalid fields")]
+    InvalidRequest(Vec<(String, String)>),
+    #[error("notification not found")]
+    NotificationNotFound,
+    #[error("batch not found")]
+    BatchNotFound,
+    #[error("cannot be cancelled: {0}")]
+    NotCancellable(&'static str),
+    #[error("rate limit exceeded")]
+    RateLimited(std::time::Duration),
+    #[error("daily limit reached")]
+    DailyLimit(std::time::Duration),
+    #[error("the service is unavailable; try again")]
+    Unavailable,
     #[error("stored data does not parse: {0}")]
     Corrupt(&'static str),
     #[error("storage: {0}")]
@@ -34,6 +48,21 @@ impl From<NotificationsError> for ApiError {
     fn from(error: NotificationsError) -> Self {
         match error {
             NotificationsError::TemplateNotFound => ApiError::NotFound("template"),
+            NotificationsError::NotificationNotFound => ApiError::NotFound("notification"),
+            NotificationsError::BatchNotFound => ApiError::NotFound("batch"),
+            NotificationsError::InvalidRequest(violations) => ApiError::InvalidArgument(
+                violations
+                    .into_iter()
+                    .map(|(field, description)| FieldViolation::new(field, description))
+                    .collect(),
+            ),
+            NotificationsError::NotCancellable(_) => {
+                ApiError::FailedPrecondition(error.to_string())
+            }
+            NotificationsError::RateLimited(retry_after)
+            | NotificationsError::DailyLimit(retry_after) => {
+                ApiError::ResourceExhausted { retry_after }
+            }
             NotificationsError::InvalidDraft(violations) => ApiError::InvalidArgument(
                 violations
                     .into_iter()
@@ -44,6 +73,7 @@ impl From<NotificationsError> for ApiError {
                 ApiError::FailedPrecondition(error.to_string())
             }
             NotificationsError::Storage(e) => ApiError::from(e),
+            NotificationsError::Unavailable => ApiError::Unavailable,
             NotificationsError::Corrupt(_) => ApiError::internal(error),
         }
     }
@@ -59,6 +89,12 @@ pub struct TemplateEdit<'a> {
 
 pub struct NotificationsService {
     pub(crate) db: Database,
+    pub(crate) signals: std::sync::Arc<crate::delivery::Signals>,
+    pub(crate) limits: crate::config::LimitsConfig,
+    pub(crate) limiter: crate::sending::RateLimiter,
+    pub(crate) default_sender_id: String,
+    pub(crate) writer: crate::sending::SendWriter,
+    pub(crate) template_cache: crate::sending::TemplateCache,
 }
 
 impl NotificationsService {
@@ -151,6 +187,7 @@ impl NotificationsService {
         };
         // Two updates from the same version: the primary key lets one win.
         store::insert_template_version(&self.db, &next).await?;
+        self.template_cache.forget_latest(agency_id, template_id);
         tracing::info!(template_id, version = next.version, "template updated");
         Ok(next)
     }

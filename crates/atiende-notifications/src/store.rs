@@ -7,6 +7,8 @@ use atiende_platform::storage::{Database, Migrations};
 use crate::domain::templates::{Channel, Template, TemplateDraft};
 use crate::service::NotificationsError;
 
+pub mod queue;
+
 pub const MIGRATIONS: Migrations = Migrations {
     service: "notifications",
     sqlite: &[
@@ -20,6 +22,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "templates",
             include_str!("../migrations/sqlite/0002_templates.sql"),
         ),
+        (
+            3,
+            "notifications",
+            include_str!("../migrations/sqlite/0003_notifications.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -31,6 +38,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             2,
             "templates",
             include_str!("../migrations/postgres/0002_templates.sql"),
+        ),
+        (
+            3,
+            "notifications",
+            include_str!("../migrations/postgres/0003_notifications.sql"),
         ),
     ],
 };

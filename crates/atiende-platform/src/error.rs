@@ -87,6 +87,8 @@ pub enum ApiError {
     AlreadyExists(&'static str),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("rate limit exceeded")]
     ResourceExhausted { retry_after: Duration },
     #[error("the service is temporarily unavailable")]
@@ -115,6 +117,7 @@ impl ApiError {
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::OutOfRange(_) => Code::OutOfRange,
             Self::ResourceExhausted { .. } => Code::ResourceExhausted,
             Self::Unavailable => Code::Unavailable,
             Self::Unimplemented => Code::Unimplemented,

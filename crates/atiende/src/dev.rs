@@ -27,6 +27,8 @@ pub struct DevOptions {
     pub data_dir: PathBuf,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Live email goes to this SMTP server; unset, to files.
+    pub smtp_url: Option<String>,
 }
 
 /// The development agency's client, as kept in the data directory.
@@ -56,6 +58,11 @@ pub struct DevPlatform {
     /// A token for the development client, ready to paste.
     pub access_token: String,
     pub identity: atiende_identity::Identity,
+    /// Where sandbox email (and live email without an SMTP server) is
+    /// written.
+    pub outbox: PathBuf,
+    /// Where live email goes, in words.
+    pub email_destination: String,
     tasks: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -97,12 +104,26 @@ impl DevPlatform {
         };
         let issuer = identity_config.issuer();
         let identity = atiende_identity::Identity::open(identity_config, shutdown.clone()).await?;
-        let notifications = atiende_notifications::Notifications::open(&NotificationsConfig {
+        let mut notifications_config = NotificationsConfig {
             storage: storage.clone(),
-            grpc: grpc.clone(),
+            grpc: GrpcConfig {
+                max_message_bytes: atiende_notifications::config::MAX_MESSAGE_BYTES,
+                ..grpc.clone()
+            },
+            http: http_config.clone(),
             ..NotificationsConfig::default()
-        })
-        .await?;
+        };
+        notifications_config.email.smtp_url = options.smtp_url.clone().map(Into::into);
+        // Sandbox email is simulated; in development it is also written to
+        // files, so it can be read. SMS goes to the log.
+        notifications_config.delivery.sandbox_outbox = true;
+        notifications_config.delivery.allow_insecure_callbacks = true;
+        notifications_config.sms.providers =
+            vec![atiende_notifications::config::SmsProviderConfig::Log { name: "log".into() }];
+        let notifications =
+            atiende_notifications::Notifications::open(&notifications_config).await?;
+        let outbox = notifications.outbox().to_owned();
+        let email_destination = notifications.email_destination();
         let payments = atiende_payments::Payments::open(
             &PaymentsConfig {
                 storage,
@@ -129,13 +150,16 @@ impl DevPlatform {
         let verifier = identity.verifier();
         let router = identity
             .http_router()
+            .merge(notifications.http_router())
             .merge(payments.http_router(verifier.clone()));
+        let delivery = notifications.start_delivery(shutdown.clone());
         let closing = identity.clone();
         let tasks = tokio::spawn(async move {
             let drain_delay = grpc.drain_delay_ms;
             let grpc = serve_grpc(grpc_listener, services, verifier, &grpc, shutdown.clone());
             let http = serve_http(http_listener, router, &http_config, drain_delay, shutdown);
             let (grpc, http) = tokio::join!(grpc, http);
+            let _ = delivery.await;
             closing.close().await;
             notifications.database().close().await;
             payments.database().close().await;
@@ -150,6 +174,8 @@ impl DevPlatform {
             credentials,
             access_token,
             identity,
+            outbox,
+            email_destination,
             tasks,
         })
     }

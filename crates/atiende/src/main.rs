@@ -31,6 +31,10 @@ enum Command {
         /// The HTTP address (OAuth token endpoint, JWKS, pages).
         #[arg(long, env = "ATIENDE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: SocketAddr,
+        /// Send live email to this SMTP server (e.g. smtp://127.0.0.1:1025);
+        /// unset, live email is written to files like sandbox email.
+        #[arg(long, env = "ATIENDE_SMTP_URL")]
+        smtp_url: Option<String>,
     },
     /// Create an agency and its administrator client; prints the client
     /// secret once. Use it to bootstrap the first (operator) agency.
@@ -76,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             grpc_addr,
             http_addr,
+            smtp_url,
         } => {
             let _telemetry = atiende_platform::telemetry::init(
                 "atiende",
@@ -89,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
                     data_dir: data_dir.clone(),
                     grpc_addr,
                     http_addr,
+                    smtp_url,
                 },
                 shutdown,
             )
@@ -139,7 +145,10 @@ fn print_banner(platform: &DevPlatform, data_dir: &std::path::Path) {
 Atiende dev is running (sandbox; SQLite files in {data_dir})
 
   gRPC   {grpc}   identity, notifications, payments (+ health, reflection)
-  HTTP   http://{http}   OAuth token endpoint, JWKS, discovery
+  HTTP   http://{http}   OAuth token endpoint, JWKS, discovery, SMS receipts
+
+Email: sandbox email is simulated and also written to {outbox}/<id>.eml;
+       live email goes to {email}. SMS goes to the log.
 
 Development agency (operator, sandbox):
   agency_id      {agency}
@@ -165,5 +174,7 @@ Stop with Ctrl-C.
         client = c.client_id,
         secret = c.client_secret,
         token = platform.access_token,
+        outbox = platform.outbox.display(),
+        email = platform.email_destination,
     );
 }

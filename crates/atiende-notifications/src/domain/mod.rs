@@ -6,8 +6,10 @@
 //!   and HTML with every personalisation value escaped.
 //! - [`sms`]: GSM-7 / UCS-2 detection, character and fragment counts.
 //! - [`templates`]: stored templates, their validation and rendering.
+//! - [`notifications`]: statuses, recipients, the sandbox simulator.
 
 pub mod email;
+pub mod notifications;
 pub mod sms;
 pub mod template;
 pub mod templates;
