@@ -11,8 +11,9 @@ use atiende_platform::storage::now_micros;
 
 use crate::service::{PaymentsError, PaymentsService};
 
-/// Runs the expiry job, and the recovery of interrupted refunds, every
-/// `interval` until shutdown (or until the database is closed).
+/// Runs the recovery of interrupted payments, the expiry job and the
+/// recovery of interrupted refunds every `interval` until shutdown (or
+/// until the database is closed).
 pub fn spawn_expiry_job(
     service: Arc<PaymentsService>,
     interval: Duration,
@@ -27,6 +28,12 @@ pub fn spawn_expiry_job(
             tokio::select! {
                 () = &mut stop => return,
                 _ = ticks.tick() => {}
+            }
+            match service.recover_interrupted_payments(now_micros()).await {
+                Ok(0) => {}
+                Ok(recovered) => tracing::info!(recovered, "recovered interrupted payments"),
+                Err(PaymentsError::Storage(sqlx::Error::PoolClosed)) => return,
+                Err(error) => tracing::warn!(%error, "payment recovery failed; retrying later"),
             }
             match service.expire_stale_payments(now_micros()).await {
                 Ok(0) => {}

@@ -1,4 +1,4 @@
-//! `GET /v1/ledger/transactions.csv`: the ledger export as CSV, for an
+//! `GET /payments/v1/ledger/transactions.csv`: the ledger export as CSV, for an
 //! agency's finance team to open in a spreadsheet and match settlements.
 //!
 //! Authenticated like the gRPC API (`Authorization: Bearer <token>` with

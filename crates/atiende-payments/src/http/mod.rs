@@ -39,7 +39,7 @@ const CSRF_COOKIE: &str = "atiende_csrf";
 pub fn router(service: Arc<PaymentsService>, verifier: Arc<TokenVerifier>) -> Router {
     let export = Router::new()
         .route(
-            "/v1/ledger/transactions.csv",
+            "/payments/v1/ledger/transactions.csv",
             axum::routing::get(export::transactions_csv),
         )
         .with_state(export::ExportState {

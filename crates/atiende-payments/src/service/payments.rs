@@ -280,6 +280,15 @@ impl PaymentsService {
         let outcome = gateway
             .authorise(&payment.payment_id, card, payment.amount())
             .await;
+        self.record_authorisation(payment, outcome).await
+    }
+
+    /// Moves a SUBMITTED payment to what the gateway answered.
+    async fn record_authorisation(
+        &self,
+        payment: Payment,
+        outcome: Authorisation,
+    ) -> Result<Payment, PaymentsError> {
         let (to, reason, message) = match outcome {
             Authorisation::Authorised if payment.new.delayed_capture => {
                 (PaymentState::Capturable, None, "")
@@ -294,8 +303,45 @@ impl PaymentsService {
                 message,
             ),
         };
+        let tenant = payment.tenant.clone();
         self.move_to(&tenant, payment, to, reason, message, None)
             .await
+    }
+
+    /// The recovery job for payments: one still SUBMITTED 5 minutes after
+    /// its card was submitted lost its process before the gateway's answer
+    /// was recorded; the gateway is asked what became of the authorisation
+    /// and the answer recorded, so no authorised payment is lost and none
+    /// is charged twice. Returns how many. `now` is a parameter so tests
+    /// drive the job without waiting.
+    pub async fn recover_interrupted_payments(&self, now: i64) -> Result<usize, PaymentsError> {
+        const STALE_AFTER_MICROS: i64 = 5 * 60 * 1_000_000;
+        let mut recovered = 0;
+        for item in
+            store::interrupted_payments(&self.db, now.saturating_sub(STALE_AFTER_MICROS), 100)
+                .await?
+        {
+            let Some(payment) =
+                store::get_payment(&self.db, &item.tenant, &item.payment_id).await?
+            else {
+                continue;
+            };
+            let outcome = match (&payment.card, self.gateway(item.tenant.environment)) {
+                (Some(card), Ok(gateway)) => {
+                    gateway
+                        .authorisation(&payment.payment_id, card, payment.amount())
+                        .await
+                }
+                _ => Authorisation::ProviderError("the card step was interrupted"),
+            };
+            match self.record_authorisation(payment, outcome).await {
+                Ok(_) => recovered += 1,
+                // Finished meanwhile: nothing to do.
+                Err(PaymentsError::IllegalTransition(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(recovered)
     }
 
     /// The expiry job: payments whose payer did not finish by `now` (90

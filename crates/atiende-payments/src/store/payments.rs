@@ -247,3 +247,32 @@ pub async fn stale_payments(
         })
         .collect()
 }
+
+/// Payments of every tenant still SUBMITTED though their card was
+/// submitted before `submitted_before`: the process stopped before the
+/// gateway's answer was recorded.
+pub async fn interrupted_payments(
+    db: &Database,
+    submitted_before: i64,
+    limit: i64,
+) -> Result<Vec<StalePayment>, PaymentsError> {
+    let rows: Vec<(String, String, String, String)> = on_db!(db, pool => {
+        sqlx::query_as(
+            "SELECT agency_id, environment, payment_id, state FROM payments \
+             WHERE state = 'submitted' AND update_time < $1 ORDER BY update_time LIMIT $2",
+        )
+        .bind(submitted_before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+    });
+    rows.into_iter()
+        .map(|(agency_id, environment, payment_id, state)| {
+            Ok(StalePayment {
+                tenant: tenant(agency_id, &environment)?,
+                payment_id,
+                state: PaymentState::parse(&state).ok_or_else(|| corrupt("payment state"))?,
+            })
+        })
+        .collect()
+}

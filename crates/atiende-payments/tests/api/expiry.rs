@@ -133,3 +133,100 @@ pub async fn recovery_job_finishes_refunds_interrupted_before_the_gateway_answer
     );
     Ok(())
 }
+
+/// Payments left SUBMITTED by a stopped process (their card recorded, the
+/// gateway's answer not): the recovery job asks the gateway and records
+/// the answer, once, with the ledger postings of a success.
+pub async fn recovery_job_finishes_payments_interrupted_after_the_card_step(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    use atiende_payments::domain::card::{CardBrand, CardSummary, Expiry};
+    use atiende_payments::domain::payment::Tenant;
+    use atiende_payments::domain::state::{EventType, PaymentState};
+    use atiende_payments::store::{self, StateChange};
+
+    let app = TestApp::spawn(engine).await?;
+    let (agency, token) = agency_token(ALL);
+    let tenant = Tenant {
+        agency_id: agency,
+        environment: atiende_platform::auth::Environment::Sandbox,
+    };
+    let now = now_micros();
+    let mut ids = Vec::new();
+    for (first_six, last_four) in [("424242", "4242"), ("400000", "0002")] {
+        let payment = app.create(&token, payment_request(10_000, "CLP")).await;
+        let card = CardSummary {
+            brand: CardBrand::Visa,
+            first_six: first_six.into(),
+            last_four: last_four.into(),
+            expiry: Expiry {
+                month: 12,
+                year: 2099,
+            },
+            cardholder_name: "Ana".into(),
+        };
+        let steps = [
+            (
+                PaymentState::Created,
+                PaymentState::Started,
+                EventType::PaymentStarted,
+                None,
+            ),
+            (
+                PaymentState::Started,
+                PaymentState::Submitted,
+                EventType::PaymentSubmitted,
+                Some(&card),
+            ),
+        ];
+        for (from, to, event, card) in steps {
+            let change = StateChange {
+                from,
+                to,
+                event,
+                reason: None,
+                message: "",
+                card,
+                fee_minor: None,
+                postings: Vec::new(),
+                now,
+            };
+            store::change_state(
+                app.payments.database(),
+                &tenant,
+                &payment.payment_id,
+                &change,
+            )
+            .await?
+            .unwrap();
+        }
+        ids.push(payment.payment_id);
+    }
+    let job = app.payments.service();
+    assert_eq!(
+        job.recover_interrupted_payments(now + MINUTE).await?,
+        0,
+        "not yet"
+    );
+    assert_eq!(app.get(&token, &ids[0]).await.state(), S::Submitted);
+    assert_eq!(job.recover_interrupted_payments(now + 6 * MINUTE).await?, 2);
+    assert_eq!(
+        job.recover_interrupted_payments(now + 7 * MINUTE).await?,
+        0,
+        "once"
+    );
+    let paid = app.get(&token, &ids[0]).await;
+    assert_eq!(paid.state(), S::Success);
+    assert_eq!(crate::support::minor(&paid.fee), 250);
+    let declined = app.get(&token, &ids[1]).await;
+    assert_eq!(
+        (declined.state(), declined.failure_reason()),
+        (S::Failed, pb::PaymentFailureReason::Rejected)
+    );
+    let balances = app.balances(&token).await;
+    assert_eq!(
+        balances[&("CLP".into(), pb::LedgerAccount::Collections.into())],
+        -10_000
+    );
+    Ok(())
+}

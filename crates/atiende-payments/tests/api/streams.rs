@@ -296,7 +296,7 @@ pub async fn csv_export_matches_the_ledger_and_needs_a_reader(
         .unwrap();
     app.paid(&token, 1_000, "USD").await;
     app.paid(&other, 5_000, "CLP").await;
-    let url = format!("{}/v1/ledger/transactions.csv", app.public_url);
+    let url = format!("{}/payments/v1/ledger/transactions.csv", app.public_url);
     let get = |query: &'static str, token: Option<String>| {
         let url = url.clone();
         async move {

@@ -250,3 +250,185 @@ pub async fn bad_input_gets_field_violations(engine: Engine) -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// Random garbage in every field of every request: the answer is always a
+/// considered one (never INTERNAL or UNKNOWN, which a panic or an unchecked
+/// database error would give).
+pub async fn random_input_never_breaks_the_service(engine: Engine) -> anyhow::Result<()> {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let app = TestApp::spawn(engine).await?;
+    let (_, token) = agency_token(ALL);
+    let paid = app.paid(&token, 1_000, "CLP").await;
+    let mut rng = StdRng::seed_from_u64(0x00A7_1EDE);
+    let pieces = [
+        "",
+        "pay_",
+        "CLP",
+        "usd",
+        "https://",
+        "http://localhost",
+        "\u{0}",
+        "ñ",
+        "💳",
+        "'",
+        "\"",
+        "%",
+        "_",
+        ",",
+        "--",
+        ";",
+        "<",
+        "4242",
+        " ",
+        "9",
+        "-1",
+        "\n",
+    ];
+    let mut text = |rng: &mut StdRng| -> String {
+        let mut s = String::new();
+        for _ in 0..rng.random_range(0..6) {
+            s.push_str(pieces[rng.random_range(0..pieces.len())]);
+        }
+        if rng.random_bool(0.1) {
+            s.push_str(&"x".repeat(rng.random_range(200..2_000)));
+        }
+        s
+    };
+    let number = |rng: &mut StdRng| -> i64 {
+        match rng.random_range(0..4) {
+            0 => i64::MIN,
+            1 => i64::MAX,
+            2 => rng.random_range(-5..5),
+            _ => rng.random(),
+        }
+    };
+    let int = |rng: &mut StdRng| -> i32 {
+        if rng.random_bool(0.5) {
+            rng.random()
+        } else {
+            rng.random_range(-2..14)
+        }
+    };
+    let considered = |result: Result<(), tonic::Status>| match result {
+        Ok(()) => {}
+        Err(status) => assert!(
+            !matches!(
+                status.code(),
+                Code::Internal | Code::Unknown | Code::Unavailable
+            ),
+            "{status:?}"
+        ),
+    };
+    for _ in 0..40 {
+        let money = |rng: &mut StdRng, text: &mut dyn FnMut(&mut StdRng) -> String| {
+            rng.random_bool(0.8)
+                .then(|| crate::support::money(number(rng), &text(rng)))
+        };
+        let create = pb::CreatePaymentRequest {
+            amount: money(&mut rng, &mut text),
+            reference: text(&mut rng),
+            description: text(&mut rng),
+            return_url: text(&mut rng),
+            metadata: (0..rng.random_range(0..20))
+                .map(|_| (text(&mut rng), text(&mut rng)))
+                .collect(),
+            language: int(&mut rng),
+            delayed_capture: rng.random(),
+            idempotency_key: text(&mut rng),
+        };
+        considered(
+            app.payments()
+                .create_payment(authed(create, &token))
+                .await
+                .map(drop),
+        );
+        let id = if rng.random_bool(0.3) {
+            paid.payment_id.clone()
+        } else {
+            text(&mut rng)
+        };
+        considered(
+            app.payments()
+                .list_payments(authed(
+                    pb::ListPaymentsRequest {
+                        states: vec![int(&mut rng)],
+                        reference: text(&mut rng),
+                        create_time_range: None,
+                        card_last_four_digits: text(&mut rng),
+                        page_size: int(&mut rng),
+                        page_token: text(&mut rng),
+                    },
+                    &token,
+                ))
+                .await
+                .map(drop),
+        );
+        considered(
+            app.payments()
+                .simulate_card_submission(authed(
+                    pb::SimulateCardSubmissionRequest {
+                        payment_id: id.clone(),
+                        card_number: text(&mut rng),
+                        expiry_month: int(&mut rng),
+                        expiry_year: int(&mut rng),
+                        cvc: text(&mut rng),
+                        cardholder_name: text(&mut rng),
+                    },
+                    &token,
+                ))
+                .await
+                .map(drop),
+        );
+        considered(
+            app.refunds()
+                .create_refund(authed(
+                    pb::CreateRefundRequest {
+                        payment_id: id.clone(),
+                        amount: money(&mut rng, &mut text),
+                        refund_amount_available: money(&mut rng, &mut text),
+                        reason: text(&mut rng),
+                        idempotency_key: text(&mut rng),
+                    },
+                    &token,
+                ))
+                .await
+                .map(drop),
+        );
+        considered(
+            app.payments()
+                .list_payment_events(authed(
+                    pb::ListPaymentEventsRequest {
+                        payment_id: id,
+                        page_size: int(&mut rng),
+                        page_token: text(&mut rng),
+                    },
+                    &token,
+                ))
+                .await
+                .map(drop),
+        );
+        considered(
+            app.ledger()
+                .get_balance(authed(
+                    pb::GetBalanceRequest {
+                        currency_code: text(&mut rng),
+                        as_of_time: Some(prost_types::Timestamp {
+                            seconds: number(&mut rng),
+                            nanos: int(&mut rng),
+                        }),
+                    },
+                    &token,
+                ))
+                .await
+                .map(drop),
+        );
+    }
+    // The paid payment is as it was.
+    assert_eq!(
+        app.get(&token, &paid.payment_id).await.state(),
+        pb::PaymentState::Success
+    );
+    Ok(())
+}
