@@ -13,6 +13,11 @@
 //!   recipients, and an SMTP server inside the bench (`--smtp-sink`)
 //!   receives them: delivered per second and accept-to-SMTP latency.
 //!
+//! - `payments.create`: `PaymentService/CreatePayment` (sandbox);
+//! - `payments.lifecycle`: create (delayed capture) → the sandbox card step
+//!   (`SimulateCardSubmission`) → `CapturePayment` → `ListPaymentEvents`
+//!   shows the capture, as one timed unit.
+//!
 //! Credentials come from `--credentials` (the `dev-credentials.json` that
 //! `atiende dev` writes) or `--client-id`/`--client-secret`. Notification
 //! scenarios sign their own live token with the platform's public test key
@@ -27,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use atiende_proto::identity::v1 as pb;
 use atiende_proto::notifications::v1 as notifications;
+use atiende_proto::payments::v1 as payments;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
@@ -93,6 +99,12 @@ enum Scenario {
     Introspect {
         token: String,
     },
+    CreatePayment {
+        token: String,
+    },
+    PaymentLifecycle {
+        token: String,
+    },
     SendEmail {
         token: String,
         template_id: String,
@@ -107,6 +119,8 @@ impl Scenario {
             Self::Health => "health",
             Self::IssueToken { .. } => "identity.issue-token",
             Self::Introspect { .. } => "identity.introspect",
+            Self::CreatePayment { .. } => "payments.create",
+            Self::PaymentLifecycle { .. } => "payments.lifecycle",
             Self::SendEmail { accepted: None, .. } => "notifications.send-email",
             Self::SendEmail { .. } => "notifications.delivery",
         }
@@ -150,6 +164,48 @@ impl Scenario {
                     ));
                 }
             }
+            Self::CreatePayment { token } => {
+                create_payment(channel, token, false).await?;
+            }
+            Self::PaymentLifecycle { token } => {
+                let payment_id = create_payment(channel, token, true).await?;
+                let mut client =
+                    payments::payment_service_client::PaymentServiceClient::new(channel.clone());
+                let mut request = tonic::Request::new(payments::SimulateCardSubmissionRequest {
+                    payment_id: payment_id.clone(),
+                    card_number: "4242424242424242".into(),
+                    expiry_month: 12,
+                    expiry_year: 2035,
+                    cvc: "123".into(),
+                    cardholder_name: "Ana Pérez".into(),
+                });
+                bearer(&mut request, token)?;
+                client.simulate_card_submission(request).await?;
+                let mut request = tonic::Request::new(payments::CapturePaymentRequest {
+                    payment_id: payment_id.clone(),
+                });
+                bearer(&mut request, token)?;
+                client.capture_payment(request).await?;
+                let mut request = tonic::Request::new(payments::ListPaymentEventsRequest {
+                    payment_id,
+                    page_size: 50,
+                    page_token: String::new(),
+                });
+                bearer(&mut request, token)?;
+                let events = client
+                    .list_payment_events(request)
+                    .await?
+                    .into_inner()
+                    .events;
+                let captured = events
+                    .iter()
+                    .any(|e| e.r#type() == payments::PaymentEventType::PaymentSucceeded);
+                if !captured {
+                    return Err(tonic::Status::failed_precondition(
+                        "no SUCCESS event after capture",
+                    ));
+                }
+            }
             Self::SendEmail {
                 token,
                 template_id,
@@ -189,6 +245,34 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// Creates a sandbox payment of CLP 12.500; its id.
+async fn create_payment(
+    channel: &Channel,
+    token: &str,
+    delayed_capture: bool,
+) -> Result<String, tonic::Status> {
+    let n = SENT.fetch_add(1, Ordering::Relaxed);
+    let mut request = tonic::Request::new(payments::CreatePaymentRequest {
+        amount: Some(atiende_proto::common::v1::Money {
+            currency_code: "CLP".into(),
+            amount_minor: 12_500,
+        }),
+        reference: format!("permiso-{n}"),
+        description: "Permiso de circulación".into(),
+        return_url: "https://municipalidad.example/volver".into(),
+        delayed_capture,
+        ..Default::default()
+    });
+    bearer(&mut request, token)?;
+    let payment = payments::payment_service_client::PaymentServiceClient::new(channel.clone())
+        .create_payment(request)
+        .await?
+        .into_inner()
+        .payment
+        .ok_or_else(|| tonic::Status::internal("no payment in the answer"))?;
+    Ok(payment.payment_id)
 }
 
 static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -494,6 +578,22 @@ async fn scenarios(args: &Args, channels: &[Channel]) -> anyhow::Result<Vec<Scen
                             .into_inner()
                             .access_token;
                     Scenario::Introspect { token }
+                }
+            }
+            "payments.create" | "payments.lifecycle" => {
+                anyhow::ensure!(args.test_key, "payment scenarios need --test-key (see --help)");
+                let token = atiende_platform::testing::token(
+                    "agy_0000000000000000000000000000bec4",
+                    &[
+                        atiende_platform::auth::Scope::PaymentsCreate,
+                        atiende_platform::auth::Scope::PaymentsRead,
+                    ],
+                    atiende_platform::auth::Environment::Sandbox,
+                );
+                if name == "payments.create" {
+                    Scenario::CreatePayment { token }
+                } else {
+                    Scenario::PaymentLifecycle { token }
                 }
             }
             "notifications.send-email" | "notifications.delivery" => {

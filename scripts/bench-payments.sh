@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Benchmarks the payments service on PostgreSQL, next to PostgreSQL's
+# single-row insert ceiling measured in the same run (docs/performance.md).
+#
+#   scripts/bench-payments.sh            # needs PostgreSQL at 127.0.0.1:5432 (user postgres)
+#
+# Builds release binaries, starts atiende-payments on a scratch database,
+# trusting only the bench's test key, runs pgbench and atiende-bench: each
+# scenario at full speed, then paced at half of that.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/atiende-target}"
+PG="${PG:-postgres://postgres@127.0.0.1:5432}"
+DB=atiende_bench_payments
+DURATION="${DURATION:-10}"
+BIN="$CARGO_TARGET_DIR/release"
+WORK="$(mktemp -d)"
+
+cargo build --release -q -p atiende-payments -p atiende-bench
+
+fresh_db() {
+  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" 2>/dev/null
+}
+fresh_db
+"$BIN/atiende-bench" --write-test-jwks "$WORK/jwks.json" > /dev/null
+
+echo "== PostgreSQL ceiling: one single-row INSERT per transaction (pgbench, 16 clients)"
+psql "$PG/$DB" -qc "CREATE TABLE pgbench_rows (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL)"
+echo "INSERT INTO pgbench_rows (payload) VALUES ('pay_0123456789abcdef0123456789abcdef');" > "$WORK/insert.sql"
+pgbench -n -c 16 -j 2 -T "$DURATION" -f "$WORK/insert.sql" "$PG/$DB" 2>/dev/null | grep -E "^tps|latency average"
+
+start_server() {
+  ATIENDE_STORAGE__DATABASE_URL="$PG/$DB" \
+  ATIENDE_STORAGE__MAX_CONNECTIONS=32 \
+  ATIENDE_STORAGE__DATA_DIR="$WORK" \
+  ATIENDE_GRPC__LISTEN_ADDR=127.0.0.1:50063 \
+  ATIENDE_HTTP__LISTEN_ADDR=127.0.0.1:8063 \
+  ATIENDE_HTTP__PUBLIC_URL=http://127.0.0.1:8063 \
+  ATIENDE_AUTH__JWKS_FILE="$WORK/jwks.json" \
+  ATIENDE_AUTH__ISSUER=https://identity.test.invalid \
+  ATIENDE_AUTH__AUDIENCE=atiende \
+  ATIENDE_TELEMETRY__LOG_FILTER=warn \
+    "$BIN/atiende-payments" > "$WORK/server.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 100); do
+    ok=$("$BIN/atiende-bench" --target http://127.0.0.1:50063 --scenario health --duration 1 --warmup 0 --connections 1 --in-flight 1 2>/dev/null | grep -c "errors 0" || true)
+    [ "$ok" = 1 ] && return 0
+    sleep 0.2
+  done
+  echo "server did not start"; cat "$WORK/server.log"; exit 1
+}
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+
+bench() {
+  "$BIN/atiende-bench" --target http://127.0.0.1:50063 --test-key --duration "$DURATION" "$@"
+}
+
+start_server
+echo "== atiende-payments on PostgreSQL"
+bench --scenario health
+for scenario in payments.create payments.lifecycle; do
+  max=$(bench --scenario "$scenario" | tee /dev/stderr | awk '/ max /{print int($3)}')
+  bench --scenario "$scenario" --rate $((max / 2))
+done
