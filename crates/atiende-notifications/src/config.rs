@@ -94,6 +94,10 @@ impl Default for EmailConfig {
 pub struct SmsConfig {
     /// The sender id used when a request gives none.
     pub default_sender_id: String,
+    /// The sender ids each agency may choose, by agency id
+    /// (`[sms.sender_ids] agy_… = ["MUNI", "+56…"]`). A request naming any
+    /// other is refused.
+    pub sender_ids: std::collections::HashMap<String, Vec<String>>,
     pub providers: Vec<SmsProviderConfig>,
 }
 

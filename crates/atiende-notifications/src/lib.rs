@@ -78,6 +78,7 @@ impl Notifications {
             limits: config.limits.clone(),
             limiter: sending::RateLimiter::new(config.limits.sends_per_minute),
             default_sender_id: config.sms.default_sender_id.clone(),
+            sender_ids: config.sms.sender_ids.clone(),
             writer: sending::SendWriter::start(db.clone()),
             template_cache: sending::TemplateCache::default(),
         });
@@ -88,9 +89,14 @@ impl Notifications {
             sms,
             config: config.delivery.clone(),
             signals,
-            http: reqwest::Client::builder()
-                .timeout(config.delivery.callback_timeout_ms)
-                .build()?,
+            http: atiende_platform::net::endpoint_client(
+                config.delivery.callback_timeout_ms,
+                true,
+            )?,
+            sandbox_http: atiende_platform::net::endpoint_client(
+                config.delivery.callback_timeout_ms,
+                false,
+            )?,
             public_url: config.http.public_url.clone(),
         });
         Ok(Self {

@@ -21,6 +21,9 @@ use crate::store::queue::{self, BatchRow, NotificationFilter, SendRecord, SendRe
 
 /// Most rows in one batch.
 pub const MAX_BATCH_ROWS: usize = 50_000;
+/// Most rendered content (subjects, texts, HTML) one batch may hold in
+/// memory before it is committed.
+pub const MAX_BATCH_RENDERED_BYTES: usize = 256 * 1024 * 1024;
 /// Furthest a send may be scheduled ahead.
 pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -427,6 +430,7 @@ impl NotificationsService {
         }
         let mut violations = Vec::new();
         check_recipient(sender, "phone_number", &send.phone_number, &mut violations);
+        self.check_sender_id(sender, &send.sender_id, &mut violations);
         let template = match self
             .template_for(
                 sender,
@@ -516,6 +520,9 @@ impl NotificationsService {
             }
         };
         let scheduled_time = check_schedule(send.options.scheduled_time, &mut violations);
+        if send.channel == Channel::Sms {
+            self.check_sender_id(sender, &send.sender_id, &mut violations);
+        }
         let Some(template) = template else {
             return Err(NotificationsError::InvalidRequest(violations));
         };
@@ -527,6 +534,7 @@ impl NotificationsService {
             send.sender_id.clone()
         };
         let mut items = Vec::with_capacity(send.rows.len());
+        let mut rendered_bytes = 0usize;
         for (i, row) in send.rows.iter().enumerate() {
             let field = match send.channel {
                 Channel::Email => "email address",
@@ -572,6 +580,17 @@ impl NotificationsService {
             let (Some(recipient), Some(rendering)) = (recipient, rendering) else {
                 continue;
             };
+            rendered_bytes += match &rendering {
+                Rendering::Email(e) => e.subject.len() + e.text.len() + e.html.len(),
+                Rendering::Sms { body, .. } => body.len(),
+            };
+            if rendered_bytes > MAX_BATCH_RENDERED_BYTES {
+                violations.push((
+                    "recipients".into(),
+                    "the batch renders to more than 256 MiB: split it".into(),
+                ));
+                break;
+            }
             items.push(Notification {
                 reference: row.reference.clone(),
                 batch_id: Some(batch_id.clone()),
@@ -752,6 +771,21 @@ impl NotificationsService {
         Err(NotificationsError::NotCancellable(
             "the batch was not scheduled, or its scheduled time has passed",
         ))
+    }
+
+    /// A sender id must be one configured for the agency.
+    fn check_sender_id(&self, sender: &Sender, sender_id: &str, violations: &mut Vec<Violation>) {
+        let allowed = sender_id.is_empty()
+            || self
+                .sender_ids
+                .get(&sender.agency_id)
+                .is_some_and(|ids| ids.iter().any(|id| id == sender_id));
+        if !allowed {
+            violations.push((
+                "sender_id".to_owned(),
+                "is not one of the sender ids configured for your agency".to_owned(),
+            ));
+        }
     }
 
     fn rate_limit(&self, sender: &Sender) -> Result<(), NotificationsError> {

@@ -93,6 +93,7 @@ pub struct NotificationsService {
     pub(crate) limits: crate::config::LimitsConfig,
     pub(crate) limiter: crate::sending::RateLimiter,
     pub(crate) default_sender_id: String,
+    pub(crate) sender_ids: std::collections::HashMap<String, Vec<String>>,
     pub(crate) writer: crate::sending::SendWriter,
     pub(crate) template_cache: crate::sending::TemplateCache,
 }

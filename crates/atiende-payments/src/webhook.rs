@@ -3,7 +3,6 @@
 //! RFC 3339 timestamps, default values omitted), rendered here from domain
 //! types, and the request is signed (see [`crate::domain::webhook`]).
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -12,7 +11,9 @@ use crate::domain::card::CardBrand;
 use crate::domain::money::Money;
 use crate::domain::payment::{Payment, PaymentEvent, Refund};
 use crate::domain::state::PaymentState;
-use crate::domain::webhook::{SIGNATURE_HEADER, is_public_ip, signature_header};
+use crate::domain::webhook::{SIGNATURE_HEADER, signature_header};
+use atiende_platform::net::PublicOnly;
+pub use atiende_platform::net::is_public_url;
 
 /// How long a receiver has to answer.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,44 +70,6 @@ pub fn live_client() -> Result<reqwest::Client, reqwest::Error> {
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(PublicOnly)
         .build()
-}
-
-/// Resolves names with the system resolver and keeps public addresses only.
-struct PublicOnly;
-
-impl reqwest::dns::Resolve for PublicOnly {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|addr| is_public_ip(addr.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err("the endpoint does not resolve to a public address".into());
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// Whether a live endpoint's URL may be used: not `localhost`, and not an
-/// address outside the public internet written as the host.
-pub fn is_public_url(url: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<IpAddr>() {
-        Ok(ip) => is_public_ip(ip),
-        Err(_) => {
-            let name = bare.trim_end_matches('.').to_ascii_lowercase();
-            name != "localhost" && !name.ends_with(".localhost")
-        }
-    }
 }
 
 /// The event's JSON body.

@@ -23,6 +23,7 @@ pub mod error;
 #[cfg(feature = "testing")]
 pub mod harness;
 pub mod ids;
+pub mod net;
 pub mod paging;
 pub mod server;
 pub mod storage;

@@ -99,6 +99,14 @@ impl EmailSender {
                 };
                 match sent {
                     Ok(_) => Outcome::Delivered,
+                    // Refusals of us, not of the recipient (authentication,
+                    // TLS required): our configuration, retried as technical.
+                    Err(e)
+                        if e.status()
+                            .is_some_and(|code| is_our_refusal(&code.to_string())) =>
+                    {
+                        Outcome::Retry(smtp_reason(&e, "the mail server refused our session"), true)
+                    }
                     Err(e) if e.is_permanent() => {
                         Outcome::PermanentFailure(smtp_reason(&e, "refused by the mail server"))
                     }
@@ -177,6 +185,12 @@ impl EmailSender {
             )
             .map_err(|_| "message could not be built".to_owned())
     }
+}
+
+/// 530 (authentication or STARTTLS required), 534 (mechanism too weak),
+/// 535 (credentials refused), 538 (encryption required).
+fn is_our_refusal(code: &str) -> bool {
+    matches!(code, "530" | "534" | "535" | "538")
 }
 
 /// The SMTP reply code, never the server's text (it may quote the address).

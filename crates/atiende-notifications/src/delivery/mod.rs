@@ -95,11 +95,21 @@ impl Finisher {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "recording delivery results failed");
+                        // One failed transaction must not cost every
+                        // delivery of the group a repeat: record them one by
+                        // one (what still fails is retried after its lease).
+                        tracing::warn!(error = %e, "a group of delivery results failed; recording them one by one");
+                        let now = now_micros();
                         for ending in group.drain(..) {
-                            let _ = ending
-                                .reply
-                                .send(Err(crate::service::NotificationsError::Unavailable));
+                            let result = queue::finish(
+                                &db,
+                                &ending.claimed,
+                                ending.status,
+                                &ending.detail,
+                                now,
+                            )
+                            .await;
+                            let _ = ending.reply.send(result);
                         }
                     }
                 }
@@ -137,7 +147,10 @@ pub struct Deliverer {
     pub(crate) sms: ProviderChain,
     pub(crate) config: DeliveryConfig,
     pub(crate) signals: Arc<Signals>,
+    /// Callbacks of live agencies: public addresses only, no redirects.
     pub(crate) http: reqwest::Client,
+    /// Callbacks of sandbox agencies (and all, in development).
+    pub(crate) sandbox_http: reqwest::Client,
     /// The public base URL providers post receipts to.
     pub(crate) public_url: String,
 }
@@ -328,9 +341,17 @@ impl Deliverer {
         reference: &str,
         status: Status,
     ) -> Result<bool, crate::service::NotificationsError> {
-        let Some(claimed) =
-            queue::find_by_provider_reference(&self.db, provider, reference).await?
-        else {
+        // A quick receipt can arrive before the provider's answer to our
+        // send is recorded: look again for a little while.
+        let mut found = None;
+        for _ in 0..20 {
+            found = queue::find_by_provider_reference(&self.db, provider, reference).await?;
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some(claimed) = found else {
             return Ok(false);
         };
         if claimed.notification.status != Status::Sending {
@@ -346,36 +367,56 @@ impl Deliverer {
         Ok(true)
     }
 
+    /// Callbacks flow like deliveries: up to `delivery.concurrency` in
+    /// flight, claimed in groups as slots free up, so one slow endpoint
+    /// holds one slot, not the whole sender.
     async fn run_callbacks(self: Arc<Self>, shutdown: Shutdown) {
+        let slots = self.config.concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(slots));
+        let mut calls = JoinSet::new();
         let stop = shutdown.wait();
         tokio::pin!(stop);
         loop {
+            while calls.try_join_next().is_some() {}
+            let free = permits.available_permits();
+            if free < (slots / 4).max(1) {
+                tokio::select! {
+                    _ = calls.join_next() => continue,
+                    () = &mut stop => break,
+                }
+            }
             let jobs = queue::claim_callbacks(
                 &self.db,
                 now_micros(),
                 micros(self.config.callback_timeout_ms.saturating_mul(3)),
-                32,
+                i64::try_from(free).unwrap_or(1),
             )
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "claiming callbacks failed");
                 Vec::new()
             });
-            let idle = jobs.is_empty();
-            let mut calls = JoinSet::new();
+            let full = jobs.len() == free;
             for job in jobs {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
                 let this = self.clone();
-                calls.spawn(async move { this.call_back(job).await });
+                calls.spawn(async move {
+                    this.call_back(job).await;
+                    drop(permit);
+                });
             }
-            while calls.join_next().await.is_some() {}
-            if idle {
-                tokio::select! {
-                    () = self.signals.events.notified() => {},
-                    () = tokio::time::sleep(self.config.poll_interval_ms) => {},
-                    () = &mut stop => break,
-                }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                () = self.signals.events.notified() => {},
+                () = tokio::time::sleep(self.config.poll_interval_ms) => {},
+                () = &mut stop => break,
             }
         }
+        while calls.join_next().await.is_some() {}
     }
 
     async fn call_back(&self, job: CallbackJob) {
@@ -414,8 +455,12 @@ impl Deliverer {
             return Ok(());
         };
         let body = callback_body(job, &n);
-        let response = self
-            .http
+        let client = if environment == Environment::Live && !self.config.allow_insecure_callbacks {
+            &self.http
+        } else {
+            &self.sandbox_http
+        };
+        let response = client
             .post(url)
             .bearer_auth(token)
             .timeout(self.config.callback_timeout_ms)

@@ -608,12 +608,20 @@ impl pb::callback_service_server::CallbackService for CallbackApi {
         let caller = authorised(&request, &[Scope::NotificationsSend])?;
         let req = request.into_inner();
         let mut v = Violations::new();
-        let local = is_local_url(&req.url);
+        // Live: https to a public host. Sandbox: also http(s) to loopback.
+        // Development (`allow_insecure`): anything.
+        let loopback = atiende_platform::net::is_loopback_url(&req.url);
         let allow_http =
-            self.allow_insecure || (caller.environment == Environment::Sandbox && local);
+            self.allow_insecure || (caller.environment == Environment::Sandbox && loopback);
         let url = v.check("url", parse_url(&req.url, allow_http));
-        if caller.environment == Environment::Live && local && !self.allow_insecure {
-            v.add("url", "must be a public address for live clients");
+        let acceptable = self.allow_insecure
+            || atiende_platform::net::is_public_url(&req.url)
+            || (caller.environment == Environment::Sandbox && loopback);
+        if url.is_some() && !acceptable {
+            v.add(
+                "url",
+                "must name a public host (sandbox clients may also use localhost)",
+            );
         }
         let token = &req.bearer_token;
         if !(10..=255).contains(&token.len()) || !token.bytes().all(|b| (0x21..0x7f).contains(&b)) {
@@ -669,31 +677,6 @@ impl pb::callback_service_server::CallbackService for CallbackApi {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::DeleteDeliveryCallbackResponse {}))
-    }
-}
-
-/// `http(s)://localhost…` or a loopback / private IP literal.
-fn is_local_url(url: &str) -> bool {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .unwrap_or(url);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = if let Some(bracketed) = authority.strip_prefix('[') {
-        bracketed.split(']').next().unwrap_or("")
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
-    let host = host.to_ascii_lowercase();
-    if host == "localhost" || host.ends_with(".localhost") {
-        return true;
-    }
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
-        }
-        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.is_unspecified(),
-        Err(_) => false,
     }
 }
 

@@ -404,6 +404,20 @@ pub async fn insert_singles(
             if refused > 0 {
                 for &i in &members[allowed..] {
                     outcomes[i] = Err(SendRefused::DailyLimit);
+                    // A refused send leaves no key behind: a retry tomorrow
+                    // is a new send, not a replay of nothing.
+                    if let Some((operation, key, _)) = sends[i].idempotency {
+                        sqlx::query(
+                            "DELETE FROM idempotency_keys WHERE agency_id = $1 \
+                             AND operation = $2 AND idempotency_key = $3 AND resource_id = $4",
+                        )
+                        .bind(&sends[i].notification.agency_id)
+                        .bind(operation)
+                        .bind(key)
+                        .bind(&sends[i].notification.notification_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                 }
                 sqlx::query(
                     "UPDATE daily_usage SET sent = sent - $1 WHERE agency_id = $2 \
@@ -664,7 +678,7 @@ pub async fn finish_many(
                 .then(|| new_id(NOTIFICATION_ID_PREFIX))
         })
         .collect();
-    let updated: std::collections::HashSet<String> = on_db!(db, pool => {
+    let current: Vec<bool> = on_db!(db, pool => {
         let mut tx = pool.begin().await?;
         let mut qb = sqlx::QueryBuilder::new("UPDATE notifications SET status = v.column3, due_time = NULL, complete_time = ");
         qb.push_bind(now)
@@ -683,18 +697,23 @@ pub async fn finish_many(
         qb.push(
             ") AS v WHERE notifications.notification_id = v.column1 \
              AND notifications.attempts = v.column2 AND notifications.status = 'sending' \
-             RETURNING notifications.notification_id",
+             RETURNING notifications.notification_id, notifications.attempts",
         );
-        let updated: std::collections::HashSet<String> = qb
-            .build_query_scalar::<String>()
+        // An item is current only if its own attempt was updated: a stale
+        // attempt of the same notification in the group is not.
+        let updated: std::collections::HashSet<(String, i64)> = qb
+            .build_query_as::<(String, i64)>()
             .fetch_all(&mut *tx)
             .await?
             .into_iter()
             .collect();
+        let current = |f: &Finish<'_>| {
+            updated.contains(&(f.claimed.notification.notification_id.clone(), f.claimed.attempt))
+        };
         let done: Vec<(&Finish<'_>, &Option<String>, String)> = items
             .iter()
             .zip(&fallback_ids)
-            .filter(|(f, _)| updated.contains(&f.claimed.notification.notification_id))
+            .filter(|(f, _)| current(f))
             .map(|(f, id)| (f, id, new_id(EVENT_ID_PREFIX)))
             .collect();
         if !done.is_empty() {
@@ -745,13 +764,11 @@ pub async fn finish_many(
                 insert_notifications!(tx, &fallbacks);
             }
         }
+        let current: Vec<bool> = items.iter().map(current).collect();
         tx.commit().await?;
-        updated
+        current
     });
-    Ok(items
-        .iter()
-        .map(|f| updated.contains(&f.claimed.notification.notification_id))
-        .collect())
+    Ok(current)
 }
 
 /// The SMS notification an email's fallback becomes.
@@ -915,11 +932,24 @@ pub async fn events_after(
 
 /// The position after which only new events follow.
 pub async fn events_head(db: &Database) -> Result<(i64, i64), NotificationsError> {
-    let head: Option<(i64, i64)> = on_db!(db, pool => {
-        sqlx::query_as("SELECT tx, seq FROM notification_events ORDER BY tx DESC, seq DESC LIMIT 1")
+    let head: Option<(i64, i64)> = match db {
+        // Just below every running transaction: events they commit later
+        // are still ahead of the stream (a few older ones may repeat).
+        Database::Postgres(pool) => {
+            let xmin: i64 =
+                sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                    .fetch_one(pool)
+                    .await?;
+            Some((xmin - 1, i64::MAX))
+        }
+        Database::Sqlite(pool) => {
+            sqlx::query_as(
+                "SELECT tx, seq FROM notification_events ORDER BY tx DESC, seq DESC LIMIT 1",
+            )
             .fetch_optional(pool)
             .await?
-    });
+        }
+    };
     Ok(head.unwrap_or((0, 0)))
 }
 
@@ -1178,6 +1208,7 @@ pub async fn purge(
     let purged = on_db!(db, pool => {
         let purged = sqlx::query(
             "UPDATE notifications SET recipient = '', subject = '', body = '', html_body = '', \
+             email_reply_to = '', unsubscribe_url = '', \
              fallback_recipient = NULL, fallback_body = NULL, purge_time = $2 \
              WHERE purge_time IS NULL AND complete_time < $1",
         )

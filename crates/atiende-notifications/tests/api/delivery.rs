@@ -160,9 +160,19 @@ pub async fn retries_end_in_temporary_or_technical_failure_after_the_window(
     let busy = app
         .sent_email(&token, send_email(&template, "busy@correo.test", &[]))
         .await;
+    // 535 refuses us, not the recipient: retried, then ours to fix.
+    let refused = app
+        .sent_email(&token, send_email(&template, "authfail@correo.test", &[]))
+        .await;
     assert_eq!(
         app.wait_final(&token, &busy.notification_id).await.status(),
         S::TemporaryFailure
+    );
+    assert_eq!(
+        app.wait_final(&token, &refused.notification_id)
+            .await
+            .status(),
+        S::TechnicalFailure
     );
     drop(app);
 

@@ -102,6 +102,20 @@ pub async fn bad_sends_get_every_field_violation_and_store_nothing(
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["phone_number"]);
 
+    // Only the agency's configured sender ids may be used.
+    let err = app
+        .notifications()
+        .send_sms(authed(
+            pb::SendSmsRequest {
+                sender_id: "SII".into(),
+                ..send_sms(&sms_t, "+56912345678", &[("texto", "x")])
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["sender_id"]);
+
     // A rendered SMS over 918 characters is refused.
     let err = app
         .notifications()
@@ -786,6 +800,22 @@ pub async fn over_the_rate_limit_is_resource_exhausted_with_retry_info(
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.get_details_retry_info().is_some());
+    // A refused send leaves no idempotency key behind: its retry is refused
+    // for the limit again, not answered with a notification that never was.
+    for _ in 0..2 {
+        let err = app
+            .notifications()
+            .send_sms(authed(
+                pb::SendSmsRequest {
+                    idempotency_key: "over-the-limit".into(),
+                    ..send_sms(&t, "+56912345678", &[])
+                },
+                &token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+    }
     Ok(())
 }
 

@@ -302,7 +302,7 @@ pub struct Received {
 
 /// A real SMTP server over TCP (mailin's protocol engine) that keeps what
 /// it accepts. Recipients starting with `bounce` get 550 (permanent),
-/// `busy` get 451 (temporary).
+/// `busy` 451 (temporary), `authfail` 535 (a refusal of the sender).
 #[derive(Clone)]
 pub struct SmtpServer {
     pub addr: SocketAddr,
@@ -321,6 +321,8 @@ impl mailin_embedded::Handler for SmtpHandler {
     fn rcpt(&mut self, to: &str) -> mailin_embedded::Response {
         if to.starts_with("bounce") {
             mailin_embedded::response::NO_MAILBOX
+        } else if to.starts_with("authfail") {
+            mailin_embedded::Response::custom(535, "Authentication credentials invalid".to_owned())
         } else if to.starts_with("busy") {
             mailin_embedded::response::INTERNAL_ERROR
         } else {
