@@ -281,7 +281,13 @@ async fn write_group(
             daily_limit: p.daily_limit,
         })
         .collect();
+    let started = Instant::now();
     let result = queue::insert_singles(db, &sends).await;
+    tracing::debug!(
+        sends = sends.len(),
+        elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "group commit of sends"
+    );
     drop(sends);
     match result {
         Ok(outcomes) => {

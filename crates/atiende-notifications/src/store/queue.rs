@@ -128,15 +128,122 @@ impl NotificationRow {
     }
 }
 
-/// Inserts rows of notifications (all `created`), with one event each,
-/// `chunk` rows per statement.
+/// Inserts rows of notifications (all `created`), with one event each.
 macro_rules! insert_notifications {
     ($tx:expr, $items:expr) => {{
         for chunk in $items.chunks(500) {
+            InsertNotifications::insert_notifications(&mut *$tx, chunk).await?;
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO notification_events (event_id, notification_id, agency_id, \
+                 environment, status, occur_time) ",
+            );
+            qb.push_values(chunk, |mut b, n: &Notification| {
+                b.push_bind(new_id(EVENT_ID_PREFIX))
+                    .push_bind(&n.notification_id)
+                    .push_bind(&n.agency_id)
+                    .push_bind(n.environment.as_str())
+                    .push_bind(n.status.as_str())
+                    .push_bind(n.create_time);
+            });
+            qb.build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Bulk inserts of notification rows, per engine.
+trait InsertNotifications {
+    fn insert_notifications<'a>(
+        &'a mut self,
+        items: &'a [Notification],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+}
+
+/// PostgreSQL: one statement of arrays (`UNNEST`), the same text for any
+/// number of rows, so it is prepared once per connection; a multi-row
+/// VALUES list would be a new statement, parsed and planned, for every
+/// group size (measured at ~1 ms a row against ~50 µs).
+impl InsertNotifications for sqlx::PgConnection {
+    fn insert_notifications<'a>(
+        &'a mut self,
+        items: &'a [Notification],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let text = |f: &dyn Fn(&Notification) -> String| -> Vec<String> {
+                items.iter().map(f).collect()
+            };
+            let opt_text = |f: &dyn Fn(&Notification) -> Option<String>| -> Vec<Option<String>> {
+                items.iter().map(f).collect()
+            };
+            let int =
+                |f: &dyn Fn(&Notification) -> i64| -> Vec<i64> { items.iter().map(f).collect() };
+            let opt_int = |f: &dyn Fn(&Notification) -> Option<i64>| -> Vec<Option<i64>> {
+                items.iter().map(f).collect()
+            };
+            let fb = |n: &Notification| n.fallback.clone();
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO notifications ({COLUMNS}, due_time) SELECT * FROM UNNEST(\
+                 $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+                 $13::text[], $14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[], \
+                 $19::bigint[], $20::text[], $21::text[], $22::bigint[], $23::text[], $24::text[], \
+                 $25::text[], $26::bigint[], $27::bigint[], $28::bigint[], $29::bigint[], \
+                 $30::bigint[], $31::bigint[], $32::bigint[], $33::bigint[])"
+            )))
+            .bind(text(&|n| n.notification_id.clone()))
+            .bind(text(&|n| n.agency_id.clone()))
+            .bind(text(&|n| n.environment.as_str().to_owned()))
+            .bind(text(&|n| n.channel.as_str().to_owned()))
+            .bind(text(&|n| n.status.as_str().to_owned()))
+            .bind(text(&|n| n.template_id.clone()))
+            .bind(int(&|n| i64::from(n.template_version)))
+            .bind(text(&|n| n.recipient.clone()))
+            .bind(text(&|n| n.reference.clone()))
+            .bind(opt_text(&|n| n.batch_id.clone()))
+            .bind(text(&|n| n.subject.clone()))
+            .bind(text(&|n| n.body.clone()))
+            .bind(text(&|n| n.html_body.clone()))
+            .bind(int(&|n| i64::from(n.fragment_count)))
+            .bind(text(&|n| n.email_reply_to.clone()))
+            .bind(text(&|n| n.unsubscribe_url.clone()))
+            .bind(text(&|n| n.sender_id.clone()))
+            .bind(opt_text(&|n| fb(n).map(|f| f.template_id)))
+            .bind(opt_int(&|n| fb(n).map(|f| i64::from(f.template_version))))
+            .bind(opt_text(&|n| fb(n).map(|f| f.phone_number)))
+            .bind(opt_text(&|n| fb(n).map(|f| f.body)))
+            .bind(opt_int(&|n| fb(n).map(|f| i64::from(f.fragment_count))))
+            .bind(opt_text(&|n| n.fallback_notification_id.clone()))
+            .bind(opt_text(&|n| n.fallback_for_notification_id.clone()))
+            .bind(opt_text(&|_| None))
+            .bind(int(&|_| 0))
+            .bind(int(&|n| n.create_time))
+            .bind(opt_int(&|n| n.scheduled_time))
+            .bind(opt_int(&|n| n.send_time))
+            .bind(opt_int(&|n| n.complete_time))
+            .bind(opt_int(&|n| n.cancel_time))
+            .bind(int(&|n| n.update_time))
+            .bind(opt_int(&|n| {
+                Some(n.scheduled_time.unwrap_or(n.create_time))
+            }))
+            .execute(&mut *self)
+            .await
+            .map(|_| ())
+        })
+    }
+}
+
+/// SQLite: a multi-row VALUES list (statements are cheap to prepare there).
+impl InsertNotifications for sqlx::SqliteConnection {
+    fn insert_notifications<'a>(
+        &'a mut self,
+        items: &'a [Notification],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
             let mut qb = sqlx::QueryBuilder::new(format!(
                 "INSERT INTO notifications ({COLUMNS}, due_time) "
             ));
-            qb.push_values(chunk, |mut b, n: &Notification| {
+            qb.push_values(items, |mut b, n: &Notification| {
                 let fb = n.fallback.as_ref();
                 b.push_bind(&n.notification_id)
                     .push_bind(&n.agency_id)
@@ -172,22 +279,9 @@ macro_rules! insert_notifications {
                     .push_bind(n.update_time)
                     .push_bind(Some(n.scheduled_time.unwrap_or(n.create_time)));
             });
-            qb.build().execute(&mut *$tx).await?;
-            let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO notification_events (event_id, notification_id, agency_id, \
-                 environment, status, occur_time) ",
-            );
-            qb.push_values(chunk, |mut b, n: &Notification| {
-                b.push_bind(new_id(EVENT_ID_PREFIX))
-                    .push_bind(&n.notification_id)
-                    .push_bind(&n.agency_id)
-                    .push_bind(n.environment.as_str())
-                    .push_bind(n.status.as_str())
-                    .push_bind(n.create_time);
-            });
-            qb.build().execute(&mut *$tx).await?;
-        }
-    }};
+            qb.build().execute(&mut *self).await.map(|_| ())
+        })
+    }
 }
 
 /// Records one status change as an event, and as a callback to make when
