@@ -11,6 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/atiende-target}"
 PG="${PG:-postgres://postgres@127.0.0.1:5432}"
+# The service reaches PostgreSQL over its Unix socket: sqlx does not set
+# TCP_NODELAY, and over TCP each group commit's large INSERT waits ~40 ms for
+# a delayed ACK (docs/performance.md). pgbench is measured both ways.
+SOCKET_URL="${SOCKET_URL:-postgres://postgres@localhost/atiende_bench_notifications?host=/var/run/postgresql}"
 DB=atiende_bench_notifications
 DURATION="${DURATION:-10}"
 BIN="$CARGO_TARGET_DIR/release"
@@ -21,13 +25,14 @@ cargo build --release -q -p atiende-notifications -p atiende-bench
 psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
 "$BIN/atiende-bench" --write-test-jwks "$WORK/jwks.json" > /dev/null
 
-echo "== PostgreSQL ceiling: one single-row INSERT per transaction (pgbench, 16 clients)"
+echo "== PostgreSQL ceiling: one single-row INSERT per transaction (pgbench, 16 clients), over TCP then over the Unix socket"
 psql "$PG/$DB" -qc "CREATE TABLE pgbench_rows (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL)"
 echo "INSERT INTO pgbench_rows (payload) VALUES ('ntf_0123456789abcdef0123456789abcdef');" > "$WORK/insert.sql"
 pgbench -n -c 16 -j 2 -T "$DURATION" -f "$WORK/insert.sql" "$PG/$DB" 2>/dev/null | grep -E "^tps|latency average"
+pgbench -n -c 16 -j 2 -T "$DURATION" -f "$WORK/insert.sql" -h /var/run/postgresql -U postgres "$DB" 2>/dev/null | grep -E "^tps|latency average"
 
 start_server() {
-  ATIENDE_STORAGE__DATABASE_URL="$PG/$DB" \
+  ATIENDE_STORAGE__DATABASE_URL="$SOCKET_URL" \
   ATIENDE_STORAGE__MAX_CONNECTIONS=32 \
   ATIENDE_STORAGE__DATA_DIR="$WORK" \
   ATIENDE_GRPC__LISTEN_ADDR=127.0.0.1:50061 \
@@ -37,7 +42,8 @@ start_server() {
   ATIENDE_AUTH__AUDIENCE=atiende \
   ATIENDE_EMAIL__SMTP_URL=smtp://127.0.0.1:2525 \
   ATIENDE_EMAIL__FROM_ADDRESS=bench@atiende.test \
-  ATIENDE_EMAIL__MAX_CONNECTIONS=32 \
+  ATIENDE_EMAIL__MAX_CONNECTIONS=96 \
+  ATIENDE_DELIVERY__CONCURRENCY=192 \
   ATIENDE_LIMITS__SENDS_PER_MINUTE=0 \
   ATIENDE_LIMITS__DAILY_EMAILS=0 \
   ATIENDE_TELEMETRY__LOG_FILTER=warn \
