@@ -180,6 +180,8 @@ pub enum IdentityError {
     NotRegisteringAgency,
     #[error("substantial and high levels of assurance need an enrolled second factor")]
     SecondFactorNeeded,
+    #[error("a second factor is already enrolled")]
+    SecondFactorAlreadyEnrolled,
     #[error("no second factor enrolment is pending")]
     NoPendingEnrolment,
     #[error("the code is not valid")]
@@ -207,6 +209,7 @@ impl From<IdentityError> for ApiError {
             IdentityError::ClientNotFound => ApiError::NotFound("client"),
             IdentityError::ClientDisabled
             | IdentityError::SecondFactorNeeded
+            | IdentityError::SecondFactorAlreadyEnrolled
             | IdentityError::NoPendingEnrolment => ApiError::FailedPrecondition(error.to_string()),
             IdentityError::CitizenNotFound => ApiError::NotFound("citizen"),
             IdentityError::CitizenAlreadyExists => ApiError::AlreadyExists("citizen"),

@@ -24,12 +24,11 @@ pub struct AgencyApi(pub Arc<IdentityService>);
 #[derive(Clone)]
 pub struct TokenApi(pub Arc<IdentityService>);
 
-/// Citizen accounts land with their own release; until then every RPC
-/// answers UNIMPLEMENTED (after authentication).
+/// Citizen accounts (see [`citizens`]).
 #[derive(Clone)]
-pub struct CitizenApi;
+pub struct CitizenApi(pub Arc<IdentityService>);
 
-impl pb::citizen_service_server::CitizenService for CitizenApi {}
+mod citizens;
 
 fn admin(request: &Request<impl Sized>) -> Result<Caller, ApiError> {
     let caller = caller(request)?;

@@ -198,6 +198,26 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// Seals another secret kept at rest (a citizen's TOTP key) under the
+    /// key encryption key; `context` (e.g. `totp:<citizen id>`) is bound to
+    /// it as associated data, so a sealed value cannot be moved to another
+    /// row. Contexts never look like key ids.
+    pub(crate) fn seal_secret(
+        &self,
+        context: &str,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, IdentityError> {
+        self.kek.seal(context, plain)
+    }
+
+    pub(crate) fn open_secret(
+        &self,
+        context: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, IdentityError> {
+        self.kek.open(context, sealed)
+    }
+
     /// Loads the keys, creating the first one if there is none.
     pub async fn load(
         db: Database,

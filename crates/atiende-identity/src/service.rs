@@ -20,6 +20,8 @@ use crate::keys::{Keys, PublicKey};
 use crate::revocation::Revocations;
 use crate::store;
 
+pub mod citizens;
+
 /// An access token just issued.
 pub struct IssuedToken {
     pub access_token: String,
@@ -195,6 +197,7 @@ pub struct IdentityService {
     pub(crate) issuer: String,
     pub(crate) audience: String,
     pub(crate) token_ttl: Duration,
+    pub(crate) citizen_policy: crate::config::CitizenConfig,
 }
 
 impl IdentityService {

@@ -30,6 +30,27 @@ impl TotpSecret {
         Self(SecretBox::new(Box::new(bytes)))
     }
 
+    /// From base32 as an authenticator app takes it (case, spaces and
+    /// padding ignored); `None` when it is not base32.
+    pub fn from_base32(text: &str) -> Option<Self> {
+        let mut bytes = Vec::with_capacity(text.len() * 5 / 8);
+        let (mut buffer, mut bits) = (0u32, 0u32);
+        for c in text.chars().filter(|c| !c.is_whitespace() && *c != '=') {
+            let value = match c.to_ascii_uppercase() {
+                u @ 'A'..='Z' => u32::from(u) - u32::from('A'),
+                d @ '2'..='7' => u32::from(d) - u32::from('2') + 26,
+                _ => return None,
+            };
+            buffer = (buffer << 5) | value;
+            bits += 5;
+            if bits >= 8 {
+                bits -= 8;
+                bytes.push(u8::try_from((buffer >> bits) & 0xff).ok()?);
+            }
+        }
+        Some(Self::from_bytes(bytes))
+    }
+
     pub fn expose(&self) -> &[u8] {
         self.0.expose_secret()
     }
@@ -222,6 +243,9 @@ mod tests {
             "otpauth://totp/Atiende:ctz_01%20ab?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=Atiende&algorithm=SHA1&digits=6&period=30"
         );
         assert_eq!(base32(b"f"), "MY");
+        let back = TotpSecret::from_base32("gezd gnbv gy3t qojq gezdgnbvgy3tqojq").unwrap();
+        assert_eq!(back.expose(), RFC_SECRET);
+        assert!(TotpSecret::from_base32("GEZ1").is_none());
         assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
     }
 

@@ -10,6 +10,7 @@
 
 mod agencies;
 mod attacks;
+mod citizens;
 mod environments;
 mod http_endpoint;
 mod logs;
@@ -49,6 +50,18 @@ const TESTS: &[(&str, TestFn)] = tests![
     environments::unknown_client_ids_in_bulk_do_not_block_real_clients,
     environments::operators_create_the_first_client_of_a_new_agency,
     environments::rotation_is_idempotent_while_a_key_waits,
+    citizens::registration_normalises_the_run_and_finds_it_either_way,
+    citizens::invalid_registrations_list_every_bad_field,
+    citizens::a_national_id_registers_once_per_environment,
+    citizens::scopes_and_agencies_limit_what_a_caller_sees_and_changes,
+    citizens::unknown_accounts_and_wrong_passwords_get_the_same_answer,
+    citizens::lockout_after_repeated_failures_and_its_expiry,
+    citizens::a_source_failing_against_many_accounts_is_locked_out,
+    citizens::totp_second_factor_and_single_use_recovery_codes,
+    citizens::audit_chain_verifies_and_an_altered_row_is_reported,
+    citizens::concurrent_appends_never_fork_the_chain,
+    citizens::audit_events_are_listed_per_agency_citizen_type_and_time,
+    logs::passwords_codes_and_personal_data_never_appear_in_logs_or_errors,
 ];
 
 fn main() -> ExitCode {
