@@ -7,10 +7,12 @@
 //! - [`totp`]: TOTP second factors and recovery codes.
 //! - [`citizen`]: citizens, contact details, levels of assurance.
 //! - [`audit`]: the hash-chained audit log and its verifier.
+//! - [`oidc`]: PKCE, redirect URIs, pairwise subjects.
 
 pub mod audit;
 pub mod citizen;
 pub mod national_id;
+pub mod oidc;
 pub mod password;
 pub mod totp;
 
@@ -186,6 +188,8 @@ pub enum IdentityError {
     NoPendingEnrolment,
     #[error("the code is not valid")]
     WrongCode,
+    #[error("the redirect URI must be https (or http on localhost) without a fragment")]
+    InvalidRedirectUri,
     #[error("storage: {0}")]
     Storage(#[from] sqlx::Error),
     #[error("a cryptographic operation failed")]
@@ -215,6 +219,9 @@ impl From<IdentityError> for ApiError {
             IdentityError::CitizenAlreadyExists => ApiError::AlreadyExists("citizen"),
             IdentityError::NotRegisteringAgency => ApiError::PermissionDenied(error.to_string()),
             IdentityError::WrongCode => ApiError::invalid("code", "is not valid"),
+            IdentityError::InvalidRedirectUri => {
+                ApiError::invalid("redirect_uri", error.to_string())
+            }
             IdentityError::Storage(e) => ApiError::from(e),
             IdentityError::Crypto | IdentityError::Keys(_) => ApiError::internal(error),
         }

@@ -9,6 +9,7 @@ use atiende_platform::storage::{Database, Migrations};
 use crate::domain::{Agency, Client, ClientState, DisplayName, IdentityError, SecretHash};
 
 pub mod citizens;
+pub mod oidc;
 
 pub const MIGRATIONS: Migrations = Migrations {
     service: "identity",
@@ -28,6 +29,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "citizens audit",
             include_str!("../migrations/sqlite/0003_citizens_audit.sql"),
         ),
+        (
+            4,
+            "oidc",
+            include_str!("../migrations/sqlite/0004_oidc.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -44,6 +50,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             3,
             "citizens audit",
             include_str!("../migrations/postgres/0003_citizens_audit.sql"),
+        ),
+        (
+            4,
+            "oidc",
+            include_str!("../migrations/postgres/0004_oidc.sql"),
         ),
     ],
 };

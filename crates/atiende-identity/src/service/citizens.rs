@@ -70,7 +70,8 @@ pub struct PasswordAttempt<'a> {
     /// A TOTP code or a recovery code, when the citizen has a second factor.
     pub second_factor: Option<&'a str>,
     /// Where the attempt comes from (the client's address, as the login
-    /// front end sees it); only its digest is kept.
+    /// front end sees it); only its digest is kept. Empty when unknown: then
+    /// only the account is throttled.
     pub source: &'a str,
 }
 
@@ -425,7 +426,11 @@ impl IdentityService {
                 attempt.national_id.value(),
             ],
         );
-        let source_key = throttle_key("source", &[attempt.source]);
+        let source_key = if attempt.source.is_empty() {
+            String::new()
+        } else {
+            throttle_key("source", &[attempt.source])
+        };
         let found = store::find_citizen(&self.db, env, attempt.national_id).await?;
         let citizen_id = found.as_ref().map(|f| f.citizen.citizen_id.clone());
 
@@ -561,6 +566,11 @@ impl IdentityService {
         self.audit_failure(env, citizen_id, reason, now).await?;
         let mut locked = false;
         for (scope, key) in [("account", account_key), ("source", source_key)] {
+            // Without a known source (no client address), only the account
+            // is throttled: one shared key would lock everyone out.
+            if key.is_empty() {
+                continue;
+            }
             if store::record_failure(&self.db, key, now, window, threshold, window).await? {
                 locked = true;
                 let event = audit(

@@ -14,6 +14,7 @@ mod citizens;
 mod environments;
 mod http_endpoint;
 mod logs;
+mod oidc;
 mod rotation;
 mod support;
 mod tokens;
@@ -62,6 +63,10 @@ const TESTS: &[(&str, TestFn)] = tests![
     citizens::concurrent_appends_never_fork_the_chain,
     citizens::audit_events_are_listed_per_agency_citizen_type_and_time,
     logs::passwords_codes_and_personal_data_never_appear_in_logs_or_errors,
+    oidc::code_flow_with_pkce_gives_a_verified_id_token_and_userinfo,
+    oidc::pkce_redirect_uri_csrf_and_code_replay_are_refused,
+    oidc::pairwise_subjects_differ_across_agencies_and_are_stable,
+    oidc::a_citizen_with_totp_is_asked_for_a_code_and_reaches_substantial,
 ];
 
 fn main() -> ExitCode {

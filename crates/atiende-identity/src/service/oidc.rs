@@ -1,0 +1,535 @@
+//! The OpenID Connect provider's logic (authorization code flow with PKCE
+//! S256 only): starting an authorization, the sign-in that ends in a code,
+//! the code exchange (ID token and an opaque access token), and userinfo.
+//!
+//! Subjects are pairwise per agency; the agency's clients share one. The
+//! citizen environment is the client's (a sandbox client signs in sandbox
+//! citizens). Not here yet: consent, `prompt`/`max_age`/`acr_values`,
+//! refresh tokens, `private_key_jwt`, logout.
+
+use atiende_platform::auth::Environment;
+use atiende_platform::ids::parse_id;
+use atiende_platform::storage::now_micros;
+
+use super::IdentityService;
+use super::citizens::{PasswordAttempt, SignInOutcome};
+use crate::domain::audit::AuditEventType;
+use crate::domain::citizen::{AssuranceLevel, CitizenState};
+use crate::domain::national_id::{NationalId, NationalIdScheme};
+use crate::domain::oidc::{
+    is_s256_challenge, pairwise_subject, parse_redirect_uri, pkce_s256_matches, random_token,
+    token_hash,
+};
+use crate::domain::{CLIENT_ID_PREFIX, Client, ClientState, IdentityError};
+use crate::store;
+use crate::store::oidc::{AuthorizationCodeRow, AuthorizationRequestRow, CitizenAccessTokenRow};
+
+const REQUEST_TTL_MICROS: i64 = 10 * 60 * 1_000_000;
+const CODE_TTL_MICROS: i64 = 60 * 1_000_000;
+const TOKEN_TTL_SECONDS: i64 = 600;
+
+/// The parameters of `/authorize`, as received.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizeParams {
+    pub client_id: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub response_type: Option<String>,
+    pub scope: Option<String>,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+}
+
+/// Why an authorization cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizeError {
+    /// Shown on a page: the client or the redirect URI cannot be trusted,
+    /// so the browser is not sent anywhere (RFC 6749 4.1.2.1).
+    Page(&'static str),
+    /// Sent back to the client's registered redirect URI.
+    Redirect {
+        redirect_uri: String,
+        error: &'static str,
+        description: &'static str,
+        state: String,
+    },
+}
+
+/// A request waiting for the citizen: the page shows the sign-in form.
+#[derive(Debug, Clone)]
+pub struct PendingSignIn {
+    pub request_id: String,
+    /// Goes into the form and a cookie (double submit).
+    pub csrf_token: String,
+    pub client_name: String,
+}
+
+/// What the sign-in form leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignInStep {
+    /// Back to the client with a code.
+    Redirect(String),
+    /// The form again, with a message; `second_factor` asks for a code.
+    Retry {
+        message: &'static str,
+        second_factor: bool,
+    },
+}
+
+/// The form as submitted.
+pub struct SignInForm<'a> {
+    pub request_id: &'a str,
+    pub csrf_form: &'a str,
+    pub csrf_cookie: &'a str,
+    pub national_id: &'a str,
+    pub password: &'a str,
+    pub second_factor: Option<&'a str>,
+    pub source: &'a str,
+}
+
+/// RFC 6749 token errors of the code exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    InvalidClient,
+    InvalidGrant,
+    InvalidRequest,
+    Unavailable,
+}
+
+/// What the token endpoint returns for a code.
+pub struct TokenSet {
+    pub access_token: String,
+    pub id_token: String,
+    pub expires_in: i64,
+    pub scope: String,
+}
+
+fn redirect_error(
+    redirect_uri: &str,
+    state: &str,
+    error: &'static str,
+    description: &'static str,
+) -> AuthorizeError {
+    AuthorizeError::Redirect {
+        redirect_uri: redirect_uri.to_owned(),
+        error,
+        description,
+        state: state.to_owned(),
+    }
+}
+
+const WRONG: &str = "El RUN o la contraseña no son correctos.";
+
+impl IdentityService {
+    /// Checks an authorization request and keeps it while the citizen
+    /// signs in.
+    pub async fn begin_authorization(
+        &self,
+        params: AuthorizeParams,
+    ) -> Result<PendingSignIn, AuthorizeError> {
+        let unavailable =
+            AuthorizeError::Page("El servicio no está disponible. Intente más tarde.");
+        let client_id = params
+            .client_id
+            .as_deref()
+            .and_then(|id| parse_id(CLIENT_ID_PREFIX, id).ok())
+            .ok_or(AuthorizeError::Page(
+                "La aplicación que lo envió no es conocida.",
+            ))?;
+        let client = match store::get_client_credentials(&self.db, &client_id).await {
+            Ok(Some((client, _))) if client.state == ClientState::Active => client,
+            Ok(_) => {
+                return Err(AuthorizeError::Page(
+                    "La aplicación que lo envió no es conocida.",
+                ));
+            }
+            Err(_) => return Err(unavailable),
+        };
+        let redirect_uri = params.redirect_uri.unwrap_or_default();
+        let registered = store::oidc::redirect_uri_registered(&self.db, &client_id, &redirect_uri)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "authorization request failed");
+                unavailable.clone()
+            })?;
+        if !registered {
+            return Err(AuthorizeError::Page(
+                "La dirección de retorno no está registrada para esta aplicación.",
+            ));
+        }
+        let state = params.state.unwrap_or_default();
+        if params.response_type.as_deref() != Some("code") {
+            return Err(redirect_error(
+                &redirect_uri,
+                &state,
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            ));
+        }
+        let scope = params.scope.unwrap_or_default();
+        if !scope.split(' ').any(|s| s == "openid") {
+            return Err(redirect_error(
+                &redirect_uri,
+                &state,
+                "invalid_scope",
+                "the scope must include openid",
+            ));
+        }
+        let challenge = params.code_challenge.unwrap_or_default();
+        if params.code_challenge_method.as_deref() != Some("S256") || !is_s256_challenge(&challenge)
+        {
+            return Err(redirect_error(
+                &redirect_uri,
+                &state,
+                "invalid_request",
+                "PKCE with code_challenge_method=S256 is required",
+            ));
+        }
+        let csrf_token = random_token().map_err(|_| unavailable.clone())?;
+        let request = AuthorizationRequestRow {
+            request_id: random_token().map_err(|_| unavailable.clone())?,
+            client_id,
+            redirect_uri,
+            scope,
+            state,
+            nonce: params.nonce.unwrap_or_default(),
+            code_challenge: challenge,
+            csrf_hash: token_hash(&csrf_token),
+            expire_time: now_micros().saturating_add(REQUEST_TTL_MICROS),
+        };
+        store::oidc::insert_authorization_request(&self.db, &request)
+            .await
+            .map_err(|_| unavailable)?;
+        Ok(PendingSignIn {
+            request_id: request.request_id,
+            csrf_token,
+            client_name: client.display_name.as_str().to_owned(),
+        })
+    }
+
+    /// The sign-in form: checks the CSRF token, then the credentials; on
+    /// success a one-time code goes back to the client.
+    pub async fn complete_sign_in(
+        &self,
+        form: SignInForm<'_>,
+        now: i64,
+    ) -> Result<SignInStep, AuthorizeError> {
+        let expired =
+            AuthorizeError::Page("La solicitud expiró. Vuelva a la aplicación e intente de nuevo.");
+        let unavailable =
+            AuthorizeError::Page("El servicio no está disponible. Intente más tarde.");
+        let same_token: bool =
+            subtle::ConstantTimeEq::ct_eq(form.csrf_form.as_bytes(), form.csrf_cookie.as_bytes())
+                .into();
+        let request = store::oidc::get_authorization_request(&self.db, form.request_id, now)
+            .await
+            .map_err(|_| unavailable.clone())?
+            .ok_or(expired.clone())?;
+        if !same_token
+            || form.csrf_form.is_empty()
+            || token_hash(form.csrf_form) != request.csrf_hash
+        {
+            return Err(expired);
+        }
+        let client = match store::get_client_credentials(&self.db, &request.client_id).await {
+            Ok(Some((client, _))) if client.state == ClientState::Active => client,
+            Ok(_) => return Err(expired),
+            Err(_) => return Err(unavailable),
+        };
+        let Ok(national_id) = NationalId::parse(NationalIdScheme::ClRun, form.national_id) else {
+            return Ok(SignInStep::Retry {
+                message: WRONG,
+                second_factor: false,
+            });
+        };
+        let outcome = self
+            .check_password_at(
+                PasswordAttempt {
+                    environment: client.environment,
+                    national_id: &national_id,
+                    password: form.password,
+                    second_factor: form.second_factor.filter(|c| !c.trim().is_empty()),
+                    source: form.source,
+                },
+                now,
+            )
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "sign-in check failed");
+                unavailable.clone()
+            })?;
+        let (citizen_id, methods) = match outcome {
+            SignInOutcome::Accepted {
+                citizen_id,
+                methods,
+            } => (citizen_id, methods),
+            SignInOutcome::SecondFactorRequired => {
+                return Ok(SignInStep::Retry {
+                    message: "Ingrese el código de su aplicación de autenticación o un código de recuperación.",
+                    second_factor: true,
+                });
+            }
+            SignInOutcome::Refused => {
+                return Ok(SignInStep::Retry {
+                    message: WRONG,
+                    second_factor: form.second_factor.is_some(),
+                });
+            }
+            SignInOutcome::LockedOut { .. } => {
+                return Ok(SignInStep::Retry {
+                    message: "Demasiados intentos fallidos. Espere unos minutos e intente de nuevo.",
+                    second_factor: false,
+                });
+            }
+        };
+        let code = random_token().map_err(|_| unavailable.clone())?;
+        let row = AuthorizationCodeRow {
+            code_hash: token_hash(&code),
+            client_id: request.client_id.clone(),
+            citizen_id,
+            redirect_uri: request.redirect_uri.clone(),
+            scope: request.scope.clone(),
+            nonce: request.nonce.clone(),
+            code_challenge: request.code_challenge.clone(),
+            auth_time: now,
+            methods: methods.join(" "),
+            expire_time: now.saturating_add(CODE_TTL_MICROS),
+        };
+        store::oidc::insert_authorization_code(&self.db, &row, &request.request_id)
+            .await
+            .map_err(|_| unavailable.clone())?;
+        let mut url = url::Url::parse(&request.redirect_uri).map_err(|_| unavailable)?;
+        url.query_pairs_mut()
+            .append_pair("code", &code)
+            .append_pair("state", &request.state)
+            .append_pair("iss", &self.issuer);
+        Ok(SignInStep::Redirect(url.into()))
+    }
+
+    /// The authorization code grant: one use per code (a replay revokes
+    /// the access token the code gave), the same client and redirect URI,
+    /// and the PKCE verifier.
+    pub async fn exchange_code(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<TokenSet, TokenError> {
+        let unavailable = |error: IdentityError| {
+            tracing::error!(%error, "code exchange failed");
+            TokenError::Unavailable
+        };
+        let client = self
+            .authenticate_client(client_id, client_secret)
+            .await
+            .map_err(|error| match error {
+                IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
+                _ => TokenError::Unavailable,
+            })?;
+        if code.is_empty() || code_verifier.is_empty() || redirect_uri.is_empty() {
+            return Err(TokenError::InvalidRequest);
+        }
+        let now = now_micros();
+        let code_hash = token_hash(code);
+        let Some(row) = store::oidc::use_authorization_code(&self.db, &code_hash, now)
+            .await
+            .map_err(unavailable)?
+        else {
+            // Used before (or expired, or made up): whatever the code gave
+            // is revoked.
+            let revoked = store::oidc::revoke_tokens_of_code(&self.db, &code_hash)
+                .await
+                .map_err(unavailable)?;
+            if revoked > 0 {
+                tracing::warn!(
+                    client_id,
+                    "authorization code replayed; its access token revoked"
+                );
+            }
+            return Err(TokenError::InvalidGrant);
+        };
+        if row.client_id != client.client_id
+            || row.redirect_uri != redirect_uri
+            || !pkce_s256_matches(code_verifier, &row.code_challenge)
+        {
+            return Err(TokenError::InvalidGrant);
+        }
+        let citizen = store::citizens::get_citizen(&self.db, client.environment, &row.citizen_id)
+            .await
+            .map_err(unavailable)?
+            .map(|found| found.citizen)
+            .filter(|c| c.state == CitizenState::Active)
+            .ok_or(TokenError::InvalidGrant)?;
+        let salt = store::oidc::pairwise_salt(&self.db, &random_token().map_err(unavailable)?)
+            .await
+            .map_err(unavailable)?;
+        let sub = pairwise_subject(&salt, &client.agency_id, &citizen.citizen_id);
+        let methods: Vec<&str> = row.methods.split(' ').collect();
+        let acr = achieved_level(citizen.assurance_level, methods.contains(&"otp"));
+        let now_secs = now.div_euclid(1_000_000);
+        let mut claims = serde_json::json!({
+            "iss": self.issuer,
+            "sub": sub,
+            "aud": client.client_id,
+            "azp": client.client_id,
+            "iat": now_secs,
+            "exp": now_secs + TOKEN_TTL_SECONDS,
+            "auth_time": row.auth_time.div_euclid(1_000_000),
+            "acr": acr.as_str(),
+            "amr": methods,
+        });
+        if !row.nonce.is_empty() {
+            claims["nonce"] = serde_json::Value::String(row.nonce.clone());
+        }
+        let id_token = self.keys.sign_jwt(&claims).map_err(unavailable)?;
+        let access_token = random_token().map_err(unavailable)?;
+        store::oidc::insert_access_token(
+            &self.db,
+            &CitizenAccessTokenRow {
+                token_hash: token_hash(&access_token),
+                citizen_id: citizen.citizen_id.clone(),
+                client_id: client.client_id.clone(),
+                agency_id: client.agency_id.clone(),
+                scope: row.scope.clone(),
+                code_hash,
+                expire_time: now.saturating_add(TOKEN_TTL_SECONDS * 1_000_000),
+            },
+        )
+        .await
+        .map_err(unavailable)?;
+        self.audit_token_issue(&client, &citizen.citizen_id, now)
+            .await
+            .map_err(unavailable)?;
+        Ok(TokenSet {
+            access_token,
+            id_token,
+            expires_in: TOKEN_TTL_SECONDS,
+            scope: row.scope,
+        })
+    }
+
+    async fn audit_token_issue(
+        &self,
+        client: &Client,
+        citizen_id: &str,
+        now: i64,
+    ) -> Result<(), IdentityError> {
+        let event = crate::domain::audit::NewAuditEvent {
+            audit_event_id: atiende_platform::ids::new_id(
+                crate::domain::audit::AUDIT_EVENT_ID_PREFIX,
+            ),
+            event_type: AuditEventType::TokenIssue,
+            environment: client.environment.as_str().to_owned(),
+            citizen_id: Some(citizen_id.to_owned()),
+            agency_id: Some(client.agency_id.clone()),
+            occur_time: now,
+            attributes: [("client_id".to_owned(), client.client_id.clone())].into(),
+        };
+        store::citizens::append_audit_event(&self.db, event).await?;
+        Ok(())
+    }
+
+    /// The claims `/userinfo` returns for a citizen's access token, by the
+    /// scopes it was granted; `None` for an unknown or expired token.
+    pub async fn userinfo(
+        &self,
+        access_token: &str,
+    ) -> Result<Option<serde_json::Value>, IdentityError> {
+        let now = now_micros();
+        let Some(token) =
+            store::oidc::get_access_token(&self.db, &token_hash(access_token), now).await?
+        else {
+            return Ok(None);
+        };
+        let Some(client) = store::get_client_credentials(&self.db, &token.client_id)
+            .await?
+            .map(|(client, _)| client)
+        else {
+            return Ok(None);
+        };
+        let environment: Environment = client.environment;
+        let Some(citizen) = store::citizens::get_citizen(&self.db, environment, &token.citizen_id)
+            .await?
+            .map(|found| found.citizen)
+        else {
+            return Ok(None);
+        };
+        let salt = store::oidc::pairwise_salt(&self.db, &random_token()?).await?;
+        let scopes: Vec<&str> = token.scope.split(' ').collect();
+        let mut claims = serde_json::json!({
+            "sub": pairwise_subject(&salt, &token.agency_id, &citizen.citizen_id),
+        });
+        if scopes.contains(&"profile") {
+            claims["given_name"] = citizen.given_names.as_str().into();
+            claims["family_name"] = citizen.family_names.as_str().into();
+            claims["national_id"] = citizen.national_id.value().into();
+        }
+        if scopes.contains(&"email") {
+            claims["email"] = citizen.email.as_str().into();
+            claims["email_verified"] = citizen.email_verified.into();
+        }
+        if scopes.contains(&"phone")
+            && let Some(phone) = &citizen.phone
+        {
+            claims["phone_number"] = phone.as_str().into();
+        }
+        Ok(Some(claims))
+    }
+
+    /// Registers a redirect URI for a client (exact matching). Operators
+    /// use this through `atiende`; there is no RPC for it yet.
+    pub async fn register_redirect_uri(
+        &self,
+        client_id: &str,
+        redirect_uri: &str,
+    ) -> Result<(), IdentityError> {
+        let uri =
+            parse_redirect_uri(redirect_uri).map_err(|_| IdentityError::InvalidRedirectUri)?;
+        if store::get_client_credentials(&self.db, client_id)
+            .await?
+            .is_none()
+        {
+            return Err(IdentityError::ClientNotFound);
+        }
+        store::oidc::insert_redirect_uri(&self.db, client_id, &uri).await
+    }
+}
+
+/// The level a sign-in reached: a password alone is low; with a second
+/// factor it is substantial, and high when an agency has proofed the
+/// identity (attested `High`).
+fn achieved_level(account: AssuranceLevel, second_factor: bool) -> AssuranceLevel {
+    match (second_factor, account) {
+        (false, _) => AssuranceLevel::Low,
+        (true, AssuranceLevel::High) => AssuranceLevel::High,
+        (true, _) => AssuranceLevel::Substantial,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_level_reached_is_capped_by_the_account_and_the_methods() {
+        assert_eq!(
+            achieved_level(AssuranceLevel::High, false),
+            AssuranceLevel::Low
+        );
+        assert_eq!(
+            achieved_level(AssuranceLevel::High, true),
+            AssuranceLevel::High
+        );
+        assert_eq!(
+            achieved_level(AssuranceLevel::Substantial, true),
+            AssuranceLevel::Substantial
+        );
+        assert_eq!(
+            achieved_level(AssuranceLevel::Low, true),
+            AssuranceLevel::Substantial
+        );
+    }
+}

@@ -1,0 +1,522 @@
+//! The OpenID Connect provider over real HTTP: the sign-in page and its
+//! form, the code exchange with PKCE, the ID token checked against the
+//! published JWKS with `jsonwebtoken`, userinfo, and what is refused.
+
+use std::collections::HashMap;
+
+use atiende_identity::domain::totp::{TotpSecret, hotp};
+use atiende_platform::auth::{Environment, Scope};
+use atiende_platform::storage::now_micros;
+use atiende_proto::identity::v1 as pb;
+use aws_lc_rs::digest;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use reqwest::StatusCode;
+use secrecy::ExposeSecret;
+
+use crate::citizens::PASSWORD;
+use crate::support::{Credentials, Engine, TestApp, authed};
+
+const REDIRECT: &str = "http://127.0.0.1:4000/callback";
+
+struct Flow<'a> {
+    app: &'a TestApp,
+    http: reqwest::Client,
+    base: String,
+}
+
+struct Rp {
+    client: Credentials,
+}
+
+struct Form {
+    request_id: String,
+    csrf: String,
+    cookie: String,
+}
+
+fn pkce() -> (String, String) {
+    let verifier = format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
+    let challenge = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap() + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+fn query(location: &str) -> HashMap<String, String> {
+    url::Url::parse(location)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+impl<'a> Flow<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        Self {
+            app,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: format!("http://{}", app.http_addr),
+        }
+    }
+
+    async fn rp(&self) -> anyhow::Result<Rp> {
+        let client = self
+            .app
+            .agency_with_client(&[Scope::IdentityCitizensRead], Environment::Live)
+            .await?;
+        self.app
+            .identity
+            .service()
+            .register_redirect_uri(&client.client_id, REDIRECT)
+            .await?;
+        Ok(Rp { client })
+    }
+
+    async fn authorize(&self, params: &[(&str, &str)]) -> anyhow::Result<reqwest::Response> {
+        let mut url = url::Url::parse(&format!("{}/oauth2/authorize", self.base))?;
+        url.query_pairs_mut().extend_pairs(params);
+        Ok(self.http.get(url).send().await?)
+    }
+
+    async fn form(&self, rp: &Rp, challenge: &str, scope: &str) -> anyhow::Result<Form> {
+        let response = self
+            .authorize(&[
+                ("response_type", "code"),
+                ("client_id", &rp.client.client_id),
+                ("redirect_uri", REDIRECT),
+                ("scope", scope),
+                ("state", "st-123"),
+                ("nonce", "n-456"),
+                ("code_challenge", challenge),
+                ("code_challenge_method", "S256"),
+            ])
+            .await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        let cookie = response.headers()["set-cookie"]
+            .to_str()?
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let html = response.text().await?;
+        assert!(html.contains("Municipalidad") || html.contains("Backend"));
+        Ok(Form {
+            request_id: hidden(&html, "request_id"),
+            csrf: hidden(&html, "csrf_token"),
+            cookie,
+        })
+    }
+
+    async fn post(
+        &self,
+        form: &Form,
+        fields: &[(&str, &str)],
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut body = vec![
+            ("request_id", form.request_id.as_str()),
+            ("csrf_token", form.csrf.as_str()),
+        ];
+        body.extend_from_slice(fields);
+        Ok(self
+            .http
+            .post(format!("{}/oauth2/authorize", self.base))
+            .header("cookie", &form.cookie)
+            .header("x-forwarded-for", "198.51.100.20")
+            .form(&body)
+            .send()
+            .await?)
+    }
+
+    /// Signs in with the password and returns the code from the redirect.
+    async fn code(&self, rp: &Rp, challenge: &str, scope: &str) -> anyhow::Result<String> {
+        let form = self.form(rp, challenge, scope).await?;
+        let response = self
+            .post(
+                &form,
+                &[("national_id", "12.345.678-5"), ("password", PASSWORD)],
+            )
+            .await?;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        let location = response.headers()["location"].to_str()?.to_owned();
+        assert!(location.starts_with(REDIRECT));
+        let params = query(&location);
+        assert_eq!(params["state"], "st-123");
+        assert_eq!(params["iss"], self.app.identity.service().issuer());
+        Ok(params["code"].clone())
+    }
+
+    async fn exchange(
+        &self,
+        rp: &Rp,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+    ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+        let response = self
+            .http
+            .post(format!("{}/oauth2/token", self.base))
+            .basic_auth(&rp.client.client_id, Some(&rp.client.client_secret))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await?;
+        Ok((response.status(), response.json().await?))
+    }
+
+    async fn userinfo(&self, token: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(format!("{}/oauth2/userinfo", self.base))
+            .bearer_auth(token)
+            .send()
+            .await?)
+    }
+
+    async fn verify_id_token(&self, rp: &Rp, id_token: &str) -> anyhow::Result<serde_json::Value> {
+        let jwks: JwkSet = self
+            .http
+            .get(format!("{}/.well-known/jwks.json", self.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let header = jsonwebtoken::decode_header(id_token)?;
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+        let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.set_audience(&[&rp.client.client_id]);
+        validation.set_issuer(&[self.app.identity.service().issuer()]);
+        Ok(jsonwebtoken::decode::<serde_json::Value>(
+            id_token,
+            &DecodingKey::from_jwk(jwk)?,
+            &validation,
+        )?
+        .claims)
+    }
+}
+
+async fn citizen(app: &TestApp) -> anyhow::Result<pb::Citizen> {
+    let agency = app
+        .agency_with_client(&[Scope::IdentityCitizensWrite], Environment::Live)
+        .await?;
+    let token = app.token(&agency).await?;
+    Ok(app
+        .citizens()
+        .register_citizen(authed(
+            pb::RegisterCitizenRequest {
+                national_id: Some(pb::NationalId {
+                    scheme: pb::NationalIdScheme::ClRun.into(),
+                    value: "12.345.678-5".into(),
+                }),
+                given_names: "María José".into(),
+                family_names: "Pérez Soto".into(),
+                email: "maria.perez@ejemplo.cl".into(),
+                phone_number: String::new(),
+                password: PASSWORD.into(),
+            },
+            &token,
+        ))
+        .await?
+        .into_inner()
+        .citizen
+        .unwrap())
+}
+
+pub async fn code_flow_with_pkce_gives_a_verified_id_token_and_userinfo(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    citizen(&app).await?;
+    let flow = Flow::new(&app);
+    let rp = flow.rp().await?;
+
+    let discovery: serde_json::Value = flow
+        .http
+        .get(format!("{}/.well-known/openid-configuration", flow.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        discovery["authorization_endpoint"],
+        format!("{}/oauth2/authorize", app.identity.service().issuer())
+    );
+    assert_eq!(
+        discovery["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+    assert_eq!(
+        discovery["subject_types_supported"],
+        serde_json::json!(["pairwise"])
+    );
+
+    let (verifier, challenge) = pkce();
+    // A wrong password shows the form again, with a message and no code.
+    let form = flow.form(&rp, &challenge, "openid profile email").await?;
+    let wrong = flow
+        .post(
+            &form,
+            &[
+                ("national_id", "12.345.678-5"),
+                ("password", "not the password"),
+            ],
+        )
+        .await?;
+    assert_eq!(wrong.status(), StatusCode::OK);
+    assert!(wrong.text().await?.contains("no son correctos"));
+    let ok = flow
+        .post(
+            &form,
+            &[("national_id", "12345678-5"), ("password", PASSWORD)],
+        )
+        .await?;
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    let code = query(ok.headers()["location"].to_str()?)["code"].clone();
+
+    let (status, tokens) = flow.exchange(&rp, &code, &verifier, REDIRECT).await?;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(tokens["token_type"], "Bearer");
+    let claims = flow
+        .verify_id_token(&rp, tokens["id_token"].as_str().unwrap())
+        .await?;
+    assert_eq!(claims["nonce"], "n-456");
+    assert_eq!(claims["acr"], "low");
+    assert_eq!(claims["amr"], serde_json::json!(["pwd"]));
+    assert!(claims["auth_time"].as_i64().unwrap() > 0);
+    let sub = claims["sub"].as_str().unwrap().to_owned();
+    assert!(!sub.contains("ctz_"));
+
+    let info: serde_json::Value = flow
+        .userinfo(tokens["access_token"].as_str().unwrap())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(info["sub"], sub.as_str());
+    assert_eq!(info["given_name"], "María José");
+    assert_eq!(info["national_id"], "12345678-5");
+    assert_eq!(info["email"], "maria.perez@ejemplo.cl");
+    assert!(info.get("phone_number").is_none());
+    assert_eq!(
+        flow.userinfo("made-up").await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    Ok(())
+}
+
+pub async fn pkce_redirect_uri_csrf_and_code_replay_are_refused(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    citizen(&app).await?;
+    let flow = Flow::new(&app);
+    let rp = flow.rp().await?;
+    let (verifier, challenge) = pkce();
+    let id = rp.client.client_id.as_str();
+
+    // An unregistered redirect URI: an error page, never a redirect.
+    let response = flow
+        .authorize(&[
+            ("response_type", "code"),
+            ("client_id", id),
+            ("redirect_uri", "http://127.0.0.1:4000/elsewhere"),
+            ("scope", "openid"),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ])
+        .await?;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.headers().get("location").is_none());
+    // Without PKCE, or with the plain method: back to the client with an error.
+    for method in [None, Some("plain")] {
+        let mut params = vec![
+            ("response_type", "code"),
+            ("client_id", id),
+            ("redirect_uri", REDIRECT),
+            ("scope", "openid"),
+            ("state", "s1"),
+            ("code_challenge", challenge.as_str()),
+        ];
+        if let Some(method) = method {
+            params.push(("code_challenge_method", method));
+        }
+        let response = flow.authorize(&params).await?;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        let params = query(response.headers()["location"].to_str()?);
+        assert_eq!(
+            (params["error"].as_str(), params["state"].as_str()),
+            ("invalid_request", "s1")
+        );
+    }
+    // A form posted without its cookie (cross-site) is refused.
+    let form = flow.form(&rp, &challenge, "openid").await?;
+    let forged = Form {
+        cookie: String::new(),
+        ..form
+    };
+    let response = flow
+        .post(
+            &forged,
+            &[("national_id", "12345678-5"), ("password", PASSWORD)],
+        )
+        .await?;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // A wrong verifier, then a wrong redirect URI: invalid_grant, and the
+    // code is spent either way.
+    let code = flow.code(&rp, &challenge, "openid").await?;
+    let (other_verifier, _) = pkce();
+    let (status, body) = flow.exchange(&rp, &code, &other_verifier, REDIRECT).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    let (status, _) = flow.exchange(&rp, &code, &verifier, REDIRECT).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let code = flow.code(&rp, &challenge, "openid").await?;
+    let (status, body) = flow
+        .exchange(&rp, &code, &verifier, "http://127.0.0.1:4000/elsewhere")
+        .await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+
+    // Another client cannot use the code.
+    let other = flow.rp().await?;
+    let code = flow.code(&rp, &challenge, "openid").await?;
+    let (status, _) = flow.exchange(&other, &code, &verifier, REDIRECT).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Replaying a code that worked revokes the access token it gave.
+    let code = flow.code(&rp, &challenge, "openid").await?;
+    let (status, tokens) = flow.exchange(&rp, &code, &verifier, REDIRECT).await?;
+    assert_eq!(status, StatusCode::OK);
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(flow.userinfo(&access).await?.status(), StatusCode::OK);
+    let (status, body) = flow.exchange(&rp, &code, &verifier, REDIRECT).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    assert_eq!(
+        flow.userinfo(&access).await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A wrong client secret is invalid_client.
+    let wrong_secret = Rp {
+        client: Credentials {
+            client_secret: format!("{}x", rp.client.client_secret),
+            ..rp.client.clone()
+        },
+    };
+    let code = flow.code(&rp, &challenge, "openid").await?;
+    let (status, body) = flow
+        .exchange(&wrong_secret, &code, &verifier, REDIRECT)
+        .await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_client"))
+    );
+    Ok(())
+}
+
+pub async fn pairwise_subjects_differ_across_agencies_and_are_stable(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    citizen(&app).await?;
+    let flow = Flow::new(&app);
+    let (a, b) = (flow.rp().await?, flow.rp().await?);
+    let (verifier, challenge) = pkce();
+    let mut subs = Vec::new();
+    for rp in [&a, &a, &b] {
+        let code = flow.code(rp, &challenge, "openid").await?;
+        let (status, tokens) = flow.exchange(rp, &code, &verifier, REDIRECT).await?;
+        assert_eq!(status, StatusCode::OK);
+        let claims = flow
+            .verify_id_token(rp, tokens["id_token"].as_str().unwrap())
+            .await?;
+        subs.push(claims["sub"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(subs[0], subs[1], "stable for one agency");
+    assert_ne!(subs[0], subs[2], "different for another agency");
+    Ok(())
+}
+
+pub async fn a_citizen_with_totp_is_asked_for_a_code_and_reaches_substantial(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    let registered = citizen(&app).await?;
+    let service = app.identity.service();
+    let enrolment = service
+        .begin_totp_enrolment(Environment::Live, &registered.citizen_id)
+        .await?;
+    let secret = TotpSecret::from_base32(enrolment.secret_base32.expose_secret()).unwrap();
+    let code_at = |micros: i64| {
+        format!(
+            "{:06}",
+            hotp(
+                secret.expose(),
+                u64::try_from(micros / 30_000_000).unwrap(),
+                6
+            )
+        )
+    };
+    let t0 = now_micros() - 60_000_000;
+    service
+        .confirm_totp_enrolment(Environment::Live, &registered.citizen_id, &code_at(t0), t0)
+        .await?;
+
+    let flow = Flow::new(&app);
+    let rp = flow.rp().await?;
+    let (verifier, challenge) = pkce();
+    let form = flow.form(&rp, &challenge, "openid").await?;
+    let asked = flow
+        .post(
+            &form,
+            &[("national_id", "12345678-5"), ("password", PASSWORD)],
+        )
+        .await?;
+    assert_eq!(asked.status(), StatusCode::OK);
+    assert!(asked.text().await?.contains("name=\"second_factor\""));
+    let now_code = code_at(now_micros());
+    let done = flow
+        .post(
+            &form,
+            &[
+                ("national_id", "12345678-5"),
+                ("password", PASSWORD),
+                ("second_factor", &now_code),
+            ],
+        )
+        .await?;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    let code = query(done.headers()["location"].to_str()?)["code"].clone();
+    let (_, tokens) = flow.exchange(&rp, &code, &verifier, REDIRECT).await?;
+    let claims = flow
+        .verify_id_token(&rp, tokens["id_token"].as_str().unwrap())
+        .await?;
+    assert_eq!(claims["acr"], "substantial");
+    assert_eq!(claims["amr"], serde_json::json!(["pwd", "otp"]));
+    Ok(())
+}
