@@ -210,7 +210,9 @@ fn spawn_refreshers(
 }
 
 async fn prune(db: &Database, keys: &Keys) -> Result<(), IdentityError> {
-    store::prune_revocations(db, atiende_platform::storage::now_micros()).await?;
+    let now = atiende_platform::storage::now_micros();
+    store::prune_revocations(db, now).await?;
+    store::oidc::prune(db, now, service::oidc::KEEP_CODES_MICROS).await?;
     keys.prune().await?;
     Ok(())
 }

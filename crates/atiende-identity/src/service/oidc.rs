@@ -27,6 +27,9 @@ use crate::store::oidc::{AuthorizationCodeRow, AuthorizationRequestRow, CitizenA
 const REQUEST_TTL_MICROS: i64 = 10 * 60 * 1_000_000;
 const CODE_TTL_MICROS: i64 = 60 * 1_000_000;
 const TOKEN_TTL_SECONDS: i64 = 600;
+/// How long a used or expired code is remembered, so that a replay still
+/// revokes the token it gave.
+pub const KEEP_CODES_MICROS: i64 = TOKEN_TTL_SECONDS * 1_000_000;
 
 /// The parameters of `/authorize`, as received.
 #[derive(Debug, Clone, Default)]
@@ -479,8 +482,23 @@ impl IdentityService {
         Ok(Some(claims))
     }
 
-    /// Registers a redirect URI for a client (exact matching). Operators
-    /// use this through `atiende`; there is no RPC for it yet.
+    /// Replaces the redirect URIs of one of the caller's clients (already
+    /// parsed with [`parse_redirect_uri`]).
+    pub async fn set_redirect_uris(
+        &self,
+        caller: &atiende_platform::auth::Caller,
+        client_id: &str,
+        redirect_uris: &[String],
+    ) -> Result<Vec<String>, IdentityError> {
+        let client = self.managed_client(caller, client_id).await?;
+        let uris =
+            store::oidc::replace_redirect_uris(&self.db, &client.client_id, redirect_uris).await?;
+        tracing::info!(client_id, count = uris.len(), "redirect URIs set");
+        Ok(uris)
+    }
+
+    /// Adds a redirect URI to a client without a caller (bootstrap and
+    /// tests); agencies use `SetClientRedirectUris`.
     pub async fn register_redirect_uri(
         &self,
         client_id: &str,

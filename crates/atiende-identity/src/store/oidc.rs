@@ -25,6 +25,40 @@ pub async fn insert_redirect_uri(
     Ok(())
 }
 
+/// Replaces the client's redirect URIs; returns them sorted.
+pub async fn replace_redirect_uris(
+    db: &Database,
+    client_id: &str,
+    redirect_uris: &[String],
+) -> Result<Vec<String>, IdentityError> {
+    let uris: Vec<String> = on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        sqlx::query("DELETE FROM client_redirect_uris WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        for uri in redirect_uris {
+            sqlx::query(
+                "INSERT INTO client_redirect_uris (client_id, redirect_uri) VALUES ($1, $2) \
+                 ON CONFLICT (client_id, redirect_uri) DO NOTHING",
+            )
+            .bind(client_id)
+            .bind(uri)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let uris = sqlx::query_scalar(
+            "SELECT redirect_uri FROM client_redirect_uris WHERE client_id = $1 ORDER BY redirect_uri",
+        )
+        .bind(client_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        uris
+    });
+    Ok(uris)
+}
+
 /// Whether `redirect_uri` is registered, exactly, for the client.
 pub async fn redirect_uri_registered(
     db: &Database,
@@ -248,4 +282,33 @@ pub async fn pairwise_salt(db: &Database, candidate: &str) -> Result<String, Ide
             .await?
     });
     Ok(salt)
+}
+
+/// Forgets what has expired: pending requests, codes once their tokens
+/// would have expired too (a replay must still find them until then),
+/// access tokens, and sign-in throttles idle for a day.
+pub async fn prune(db: &Database, now: i64, keep_codes_for: i64) -> Result<(), IdentityError> {
+    const DAY: i64 = 24 * 3600 * 1_000_000;
+    on_db!(db, pool => {
+        sqlx::query("DELETE FROM authorization_requests WHERE expire_time <= $1")
+            .bind(now)
+            .execute(pool)
+            .await?;
+        sqlx::query("DELETE FROM authorization_codes WHERE expire_time <= $1")
+            .bind(now.saturating_sub(keep_codes_for))
+            .execute(pool)
+            .await?;
+        sqlx::query("DELETE FROM citizen_access_tokens WHERE expire_time <= $1")
+            .bind(now)
+            .execute(pool)
+            .await?;
+        sqlx::query(
+            "DELETE FROM sign_in_throttles WHERE locked_until <= $1 AND window_start <= $2",
+        )
+        .bind(now)
+        .bind(now.saturating_sub(DAY))
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
 }

@@ -67,6 +67,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     oidc::pkce_redirect_uri_csrf_and_code_replay_are_refused,
     oidc::pairwise_subjects_differ_across_agencies_and_are_stable,
     oidc::a_citizen_with_totp_is_asked_for_a_code_and_reaches_substantial,
+    oidc::agencies_set_their_clients_redirect_uris,
 ];
 
 fn main() -> ExitCode {

@@ -520,3 +520,75 @@ pub async fn a_citizen_with_totp_is_asked_for_a_code_and_reaches_substantial(
     assert_eq!(claims["amr"], serde_json::json!(["pwd", "otp"]));
     Ok(())
 }
+
+pub async fn agencies_set_their_clients_redirect_uris(engine: Engine) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    let flow = Flow::new(&app);
+    let admin = app
+        .agency_with_client(&[Scope::IdentityAdmin], Environment::Live)
+        .await?;
+    let token = app.token(&admin).await?;
+    let set = |client_id: &str, uris: &[&str], token: &str| {
+        let mut agencies = app.agencies();
+        let request = authed(
+            pb::SetClientRedirectUrisRequest {
+                client_id: client_id.to_owned(),
+                redirect_uris: uris.iter().map(|u| (*u).to_owned()).collect(),
+            },
+            token,
+        );
+        async move { agencies.set_client_redirect_uris(request).await }
+    };
+    let done = set(
+        &admin.client_id,
+        &["https://tramites.muni.cl/cb", REDIRECT],
+        &token,
+    )
+    .await?
+    .into_inner();
+    assert_eq!(
+        done.redirect_uris,
+        [REDIRECT, "https://tramites.muni.cl/cb"]
+    );
+
+    let status = set(
+        &admin.client_id,
+        &[REDIRECT, "http://tramites.muni.cl/cb"],
+        &token,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        crate::support::violated_fields(&status),
+        ["redirect_uris[1]"]
+    );
+    let other = app
+        .agency_with_client(&[Scope::IdentityAdmin], Environment::Live)
+        .await?;
+    let other_token = app.token(&other).await?;
+    let status = set(&admin.client_id, &[REDIRECT], &other_token)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    let (_, challenge) = pkce();
+    let request = |client_id: &str| {
+        vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", client_id.to_owned()),
+            ("redirect_uri", REDIRECT.to_owned()),
+            ("scope", "openid".to_owned()),
+            ("code_challenge", challenge.clone()),
+            ("code_challenge_method", "S256".to_owned()),
+        ]
+    };
+    let params = request(&admin.client_id);
+    let borrowed: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(flow.authorize(&borrowed).await?.status(), StatusCode::OK);
+    set(&admin.client_id, &[], &token).await?;
+    assert_eq!(
+        flow.authorize(&borrowed).await?.status(),
+        StatusCode::BAD_REQUEST
+    );
+    Ok(())
+}
