@@ -436,7 +436,8 @@ impl IdentityService {
     }
 
     /// The claims `/userinfo` returns for a citizen's access token, by the
-    /// scopes it was granted; `None` for an unknown or expired token.
+    /// scopes it was granted; `None` for an unknown or expired token, or a
+    /// citizen disabled since.
     pub async fn userinfo(
         &self,
         access_token: &str,
@@ -457,6 +458,7 @@ impl IdentityService {
         let Some(citizen) = store::citizens::get_citizen(&self.db, environment, &token.citizen_id)
             .await?
             .map(|found| found.citizen)
+            .filter(|c| c.state == CitizenState::Active)
         else {
             return Ok(None);
         };

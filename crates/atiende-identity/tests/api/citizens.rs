@@ -581,6 +581,23 @@ pub async fn a_source_failing_against_many_accounts_is_locked_out(
         .check_password_at(attempt(&known, PASSWORD, "192.0.2.67"), t0 + 11)
         .await?;
     assert!(matches!(from_elsewhere, SignInOutcome::Accepted { .. }));
+
+    // Without a known source only accounts are throttled: failures from
+    // nowhere in particular never lock out everyone else.
+    for (i, other) in ["11111111-1", "22222222-2", "99999999-9"]
+        .iter()
+        .enumerate()
+    {
+        let id = cl_run(other);
+        let outcome = service
+            .check_password_at(attempt(&id, PASSWORD, ""), t0 + 20 + i64::try_from(i)?)
+            .await?;
+        assert_eq!(outcome, SignInOutcome::Refused);
+    }
+    let unknown_source = service
+        .check_password_at(attempt(&known, PASSWORD, ""), t0 + 30)
+        .await?;
+    assert!(matches!(unknown_source, SignInOutcome::Accepted { .. }));
     Ok(())
 }
 

@@ -244,7 +244,7 @@ pub async fn code_flow_with_pkce_gives_a_verified_id_token_and_userinfo(
     engine: Engine,
 ) -> anyhow::Result<()> {
     let app = TestApp::spawn(engine).await?;
-    citizen(&app).await?;
+    let registered = citizen(&app).await?;
     let flow = Flow::new(&app);
     let rp = flow.rp().await?;
 
@@ -316,6 +316,41 @@ pub async fn code_flow_with_pkce_gives_a_verified_id_token_and_userinfo(
     assert!(info.get("phone_number").is_none());
     assert_eq!(
         flow.userinfo("made-up").await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Nothing secret reached the logs: not the code, the verifier, the
+    // tokens, the CSRF token or the password.
+    let logs = crate::support::captured_logs();
+    let id_token = tokens["id_token"].as_str().unwrap();
+    let signature = id_token.rsplit('.').next().unwrap();
+    for secret in [
+        code.as_str(),
+        verifier.as_str(),
+        tokens["access_token"].as_str().unwrap(),
+        signature,
+        form.csrf.as_str(),
+        PASSWORD,
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "a code, token or password was logged"
+        );
+    }
+
+    // A citizen disabled since no longer answers userinfo.
+    let operator = app.token(&app.operator).await?;
+    app.citizens()
+        .disable_citizen(authed(
+            pb::DisableCitizenRequest {
+                citizen_id: registered.citizen_id.clone(),
+            },
+            &operator,
+        ))
+        .await?;
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(
+        flow.userinfo(access).await?.status(),
         StatusCode::UNAUTHORIZED
     );
     Ok(())
@@ -448,6 +483,7 @@ pub async fn pairwise_subjects_differ_across_agencies_and_are_stable(
     let (a, b) = (flow.rp().await?, flow.rp().await?);
     let (verifier, challenge) = pkce();
     let mut subs = Vec::new();
+    let mut access = String::new();
     for rp in [&a, &a, &b] {
         let code = flow.code(rp, &challenge, "openid").await?;
         let (status, tokens) = flow.exchange(rp, &code, &verifier, REDIRECT).await?;
@@ -456,9 +492,35 @@ pub async fn pairwise_subjects_differ_across_agencies_and_are_stable(
             .verify_id_token(rp, tokens["id_token"].as_str().unwrap())
             .await?;
         subs.push(claims["sub"].as_str().unwrap().to_owned());
+        access = tokens["access_token"].as_str().unwrap().to_owned();
     }
     assert_eq!(subs[0], subs[1], "stable for one agency");
     assert_ne!(subs[0], subs[2], "different for another agency");
+
+    // Pruning keeps what is still valid and forgets what has expired.
+    let db = app.database().await?;
+    let keep = atiende_identity::service::oidc::KEEP_CODES_MICROS;
+    atiende_identity::store::oidc::prune(&db, now_micros(), keep).await?;
+    assert_eq!(flow.userinfo(&access).await?.status(), StatusCode::OK);
+    let codes = |db: &atiende_platform::storage::Database| {
+        let db = db.clone();
+        async move {
+            let count: i64 = atiende_platform::on_db!(&db, pool => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM authorization_codes")
+                    .fetch_one(pool)
+                    .await?
+            });
+            anyhow::Ok(count)
+        }
+    };
+    assert_eq!(codes(&db).await?, 3);
+    atiende_identity::store::oidc::prune(&db, now_micros() + 2 * keep, keep).await?;
+    assert_eq!(
+        flow.userinfo(&access).await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(codes(&db).await?, 0);
+    db.close().await;
     Ok(())
 }
 
