@@ -60,12 +60,12 @@ async fn metadata(State(state): State<HttpState>) -> Response {
         "authorization_endpoint": format!("{issuer}{}", oidc::AUTHORIZE_PATH),
         "userinfo_endpoint": format!("{issuer}{}", oidc::USERINFO_PATH),
         "jwks_uri": format!("{issuer}{JWKS_PATH}"),
-        "grant_types_supported": ["client_credentials", "authorization_code"],
+        "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "scopes_supported": atiende_platform::auth::Scope::ALL
             .map(|s| s.as_str())
             .into_iter()
-            .chain(["openid", "profile", "email", "phone"])
+            .chain(["openid", "profile", "email", "phone", "offline_access"])
             .collect::<Vec<_>>(),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
@@ -171,13 +171,14 @@ async fn issue(
             ));
         }
     }
-    let code_grant = match form.get("grant_type").map(String::as_str) {
-        Some("client_credentials") => false,
-        Some("authorization_code") => true,
+    let grant = match form.get("grant_type").map(String::as_str) {
+        Some(grant @ ("client_credentials" | "authorization_code" | "refresh_token")) => {
+            grant.to_owned()
+        }
         Some(_) => {
             return Err(OAuthError::bad_request(
                 "unsupported_grant_type",
-                "only client_credentials and authorization_code are supported",
+                "only client_credentials, authorization_code and refresh_token are supported",
             ));
         }
         None => {
@@ -218,8 +219,14 @@ async fn issue(
     if atiende_platform::ids::parse_id(crate::domain::CLIENT_ID_PREFIX, &client_id).is_err() {
         return Err(invalid_client);
     }
-    if code_grant {
-        return oidc::exchange(state, &form, &client_id, &client_secret, invalid_client).await;
+    match grant.as_str() {
+        "authorization_code" => {
+            return oidc::exchange(state, &form, &client_id, &client_secret, invalid_client).await;
+        }
+        "refresh_token" => {
+            return oidc::refresh(state, &form, &client_id, &client_secret, invalid_client).await;
+        }
+        _ => {}
     }
     let requested = match form.get("scope") {
         Some(scope) => Some(ScopeSet::parse_list(scope).map_err(|_| {

@@ -34,6 +34,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "oidc",
             include_str!("../migrations/sqlite/0004_oidc.sql"),
         ),
+        (
+            5,
+            "refresh tokens",
+            include_str!("../migrations/sqlite/0005_refresh_tokens.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -55,6 +60,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             4,
             "oidc",
             include_str!("../migrations/postgres/0004_oidc.sql"),
+        ),
+        (
+            5,
+            "refresh tokens",
+            include_str!("../migrations/postgres/0005_refresh_tokens.sql"),
         ),
     ],
 };

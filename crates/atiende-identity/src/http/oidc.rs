@@ -281,14 +281,59 @@ pub(super) async fn exchange(
                 basic_challenge: false,
             },
         })?;
-    let body = json!({
+    Ok(token_response(tokens))
+}
+
+fn token_response(tokens: crate::service::oidc::TokenSet) -> Response {
+    let mut body = json!({
         "access_token": tokens.access_token,
         "token_type": "Bearer",
         "expires_in": tokens.expires_in,
-        "id_token": tokens.id_token,
         "scope": tokens.scope,
     });
-    Ok((StatusCode::OK, no_store(), axum::Json(body)).into_response())
+    if let Some(id_token) = tokens.id_token {
+        body["id_token"] = id_token.into();
+    }
+    if let Some(refresh_token) = tokens.refresh_token {
+        body["refresh_token"] = refresh_token.into();
+    }
+    (StatusCode::OK, no_store(), axum::Json(body)).into_response()
+}
+
+fn token_error(error: TokenError, invalid_client: OAuthError) -> OAuthError {
+    match error {
+        TokenError::InvalidClient => invalid_client,
+        TokenError::InvalidGrant => OAuthError::bad_request(
+            "invalid_grant",
+            "the grant is invalid, expired, used, or not for this client",
+        ),
+        TokenError::InvalidRequest => {
+            OAuthError::bad_request("invalid_request", "a required parameter is missing")
+        }
+        TokenError::Unavailable => OAuthError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "temporarily_unavailable",
+            description: "try again later",
+            basic_challenge: false,
+        },
+    }
+}
+
+/// The `refresh_token` grant, once the client has been identified.
+pub(super) async fn refresh(
+    state: &HttpState,
+    form: &HashMap<String, String>,
+    client_id: &str,
+    client_secret: &str,
+    invalid_client: OAuthError,
+) -> Result<Response, OAuthError> {
+    let token = form.get("refresh_token").map(String::as_str).unwrap_or("");
+    let tokens = state
+        .service
+        .refresh(client_id, client_secret, token)
+        .await
+        .map_err(|error| token_error(error, invalid_client))?;
+    Ok(token_response(tokens))
 }
 
 pub(super) async fn userinfo(State(state): State<HttpState>, headers: HeaderMap) -> Response {

@@ -4,8 +4,9 @@
 //!
 //! Subjects are pairwise per agency; the agency's clients share one. The
 //! citizen environment is the client's (a sandbox client signs in sandbox
-//! citizens). Not here yet: consent, `prompt`/`max_age`/`acr_values`,
-//! refresh tokens, `private_key_jwt`, logout.
+//! citizens). Refresh tokens (with `offline_access`) rotate, and a reused
+//! one revokes its family. Not here yet: consent, sessions,
+//! `acr_values`, `private_key_jwt`, logout.
 
 use atiende_platform::auth::Environment;
 use atiende_platform::ids::parse_id;
@@ -30,6 +31,9 @@ const TOKEN_TTL_SECONDS: i64 = 600;
 /// How long a used or expired code is remembered, so that a replay still
 /// revokes the token it gave.
 pub const KEEP_CODES_MICROS: i64 = TOKEN_TTL_SECONDS * 1_000_000;
+/// A refresh-token family lasts this long from its code, however often it
+/// is refreshed.
+const REFRESH_LIFETIME_MICROS: i64 = 12 * 3600 * 1_000_000;
 
 /// The parameters of `/authorize`, as received.
 #[derive(Debug, Clone, Default)]
@@ -100,10 +104,13 @@ pub enum TokenError {
     Unavailable,
 }
 
-/// What the token endpoint returns for a code.
+/// What the token endpoint returns for a code or a refresh token.
 pub struct TokenSet {
     pub access_token: String,
-    pub id_token: String,
+    /// For a code; a refresh returns none.
+    pub id_token: Option<String>,
+    /// With the `offline_access` scope.
+    pub refresh_token: Option<String>,
     pub expires_in: i64,
     pub scope: String,
 }
@@ -346,6 +353,9 @@ impl IdentityService {
             let revoked = store::oidc::revoke_tokens_of_code(&self.db, &code_hash)
                 .await
                 .map_err(unavailable)?;
+            store::oidc::revoke_family(&self.db, &code_hash)
+                .await
+                .map_err(unavailable)?;
             if revoked > 0 {
                 tracing::warn!(
                     client_id,
@@ -388,36 +398,166 @@ impl IdentityService {
             claims["nonce"] = serde_json::Value::String(row.nonce.clone());
         }
         let id_token = self.keys.sign_jwt(&claims).map_err(unavailable)?;
-        let access_token = random_token().map_err(unavailable)?;
-        store::oidc::insert_access_token(
-            &self.db,
-            &CitizenAccessTokenRow {
-                token_hash: token_hash(&access_token),
-                citizen_id: citizen.citizen_id.clone(),
-                client_id: client.client_id.clone(),
-                agency_id: client.agency_id.clone(),
-                scope: row.scope.clone(),
-                code_hash,
-                expire_time: now.saturating_add(TOKEN_TTL_SECONDS * 1_000_000),
-            },
-        )
-        .await
-        .map_err(unavailable)?;
-        self.audit_token_issue(&client, &citizen.citizen_id, now)
+        let refresh_token = if row.scope.split(' ').any(|s| s == "offline_access") {
+            Some(
+                self.new_refresh_token(
+                    &client,
+                    &citizen.citizen_id,
+                    &row.scope,
+                    &code_hash,
+                    now.saturating_add(REFRESH_LIFETIME_MICROS),
+                )
+                .await
+                .map_err(unavailable)?,
+            )
+        } else {
+            None
+        };
+        let access_token = self
+            .new_access_token(&client, &citizen.citizen_id, &row.scope, &code_hash, now)
+            .await
+            .map_err(unavailable)?;
+        self.audit_token_issue(&client, &citizen.citizen_id, "authorization_code", now)
             .await
             .map_err(unavailable)?;
         Ok(TokenSet {
             access_token,
-            id_token,
+            id_token: Some(id_token),
+            refresh_token,
             expires_in: TOKEN_TTL_SECONDS,
             scope: row.scope,
         })
+    }
+
+    /// The refresh token grant with rotation: the token is replaced by a
+    /// new one of its family; a replaced token presented again revokes the
+    /// family and its access tokens (someone else holds a copy).
+    pub async fn refresh(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        refresh_token: &str,
+    ) -> Result<TokenSet, TokenError> {
+        let unavailable = |error: IdentityError| {
+            tracing::error!(%error, "refresh failed");
+            TokenError::Unavailable
+        };
+        let client = self
+            .authenticate_client(client_id, client_secret)
+            .await
+            .map_err(|error| match error {
+                IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
+                _ => TokenError::Unavailable,
+            })?;
+        if refresh_token.is_empty() {
+            return Err(TokenError::InvalidRequest);
+        }
+        let now = now_micros();
+        let row = match store::oidc::use_refresh_token(&self.db, &token_hash(refresh_token), now)
+            .await
+            .map_err(unavailable)?
+        {
+            store::oidc::RefreshLookup::Fresh(row) => row,
+            store::oidc::RefreshLookup::Replayed { family } => {
+                store::oidc::revoke_family(&self.db, &family)
+                    .await
+                    .map_err(unavailable)?;
+                tracing::warn!(client_id, "refresh token reused; its family is revoked");
+                return Err(TokenError::InvalidGrant);
+            }
+            store::oidc::RefreshLookup::Unknown => return Err(TokenError::InvalidGrant),
+        };
+        if row.client_id != client.client_id {
+            return Err(TokenError::InvalidGrant);
+        }
+        let active = store::citizens::get_citizen(&self.db, client.environment, &row.citizen_id)
+            .await
+            .map_err(unavailable)?
+            .is_some_and(|found| found.citizen.state == CitizenState::Active);
+        if !active {
+            return Err(TokenError::InvalidGrant);
+        }
+        let refresh_token = self
+            .new_refresh_token(
+                &client,
+                &row.citizen_id,
+                &row.scope,
+                &row.family,
+                row.expire_time,
+            )
+            .await
+            .map_err(unavailable)?;
+        let access_token = self
+            .new_access_token(&client, &row.citizen_id, &row.scope, &row.family, now)
+            .await
+            .map_err(unavailable)?;
+        self.audit_token_issue(&client, &row.citizen_id, "refresh_token", now)
+            .await
+            .map_err(unavailable)?;
+        Ok(TokenSet {
+            access_token,
+            id_token: None,
+            refresh_token: Some(refresh_token),
+            expires_in: TOKEN_TTL_SECONDS,
+            scope: row.scope,
+        })
+    }
+
+    async fn new_access_token(
+        &self,
+        client: &Client,
+        citizen_id: &str,
+        scope: &str,
+        family: &str,
+        now: i64,
+    ) -> Result<String, IdentityError> {
+        let token = random_token()?;
+        store::oidc::insert_access_token(
+            &self.db,
+            &CitizenAccessTokenRow {
+                token_hash: token_hash(&token),
+                citizen_id: citizen_id.to_owned(),
+                client_id: client.client_id.clone(),
+                agency_id: client.agency_id.clone(),
+                scope: scope.to_owned(),
+                code_hash: family.to_owned(),
+                expire_time: now.saturating_add(TOKEN_TTL_SECONDS * 1_000_000),
+            },
+        )
+        .await?;
+        Ok(token)
+    }
+
+    async fn new_refresh_token(
+        &self,
+        client: &Client,
+        citizen_id: &str,
+        scope: &str,
+        family: &str,
+        expire_time: i64,
+    ) -> Result<String, IdentityError> {
+        let token = random_token()?;
+        store::oidc::insert_refresh_token(
+            &self.db,
+            &store::oidc::RefreshTokenRow {
+                token_hash: token_hash(&token),
+                family: family.to_owned(),
+                citizen_id: citizen_id.to_owned(),
+                client_id: client.client_id.clone(),
+                agency_id: client.agency_id.clone(),
+                scope: scope.to_owned(),
+                expire_time,
+            },
+        )
+        .await?;
+        Ok(token)
     }
 
     async fn audit_token_issue(
         &self,
         client: &Client,
         citizen_id: &str,
+        grant: &str,
         now: i64,
     ) -> Result<(), IdentityError> {
         let event = crate::domain::audit::NewAuditEvent {
@@ -429,7 +569,11 @@ impl IdentityService {
             citizen_id: Some(citizen_id.to_owned()),
             agency_id: Some(client.agency_id.clone()),
             occur_time: now,
-            attributes: [("client_id".to_owned(), client.client_id.clone())].into(),
+            attributes: [
+                ("client_id".to_owned(), client.client_id.clone()),
+                ("grant".to_owned(), grant.to_owned()),
+            ]
+            .into(),
         };
         store::citizens::append_audit_event(&self.db, event).await?;
         Ok(())

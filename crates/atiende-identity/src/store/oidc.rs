@@ -4,6 +4,7 @@
 
 use atiende_platform::on_db;
 use atiende_platform::storage::Database;
+use sqlx::AssertSqlSafe;
 
 use crate::domain::IdentityError;
 
@@ -258,6 +259,103 @@ pub async fn get_access_token(
     Ok(row)
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RefreshTokenRow {
+    pub token_hash: String,
+    pub family: String,
+    pub citizen_id: String,
+    pub client_id: String,
+    pub agency_id: String,
+    pub scope: String,
+    pub expire_time: i64,
+}
+
+pub async fn insert_refresh_token(
+    db: &Database,
+    row: &RefreshTokenRow,
+) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family, citizen_id, client_id, agency_id, scope, \
+             expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&row.token_hash)
+        .bind(&row.family)
+        .bind(&row.citizen_id)
+        .bind(&row.client_id)
+        .bind(&row.agency_id)
+        .bind(&row.scope)
+        .bind(row.expire_time)
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+/// What presenting a refresh token found.
+pub enum RefreshLookup {
+    /// Unused and unexpired: now marked used.
+    Fresh(RefreshTokenRow),
+    /// Used before: a replay (of a token its family has moved past).
+    Replayed {
+        family: String,
+    },
+    Unknown,
+}
+
+/// Marks the token used if it is fresh (compare and set: of two refreshes
+/// with one token, one wins and the other is a replay).
+pub async fn use_refresh_token(
+    db: &Database,
+    token_hash: &str,
+    now: i64,
+) -> Result<RefreshLookup, IdentityError> {
+    const COLUMNS: &str =
+        "token_hash, family, citizen_id, client_id, agency_id, scope, expire_time";
+    let fresh: Option<RefreshTokenRow> = on_db!(db, pool => {
+        sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE refresh_tokens SET use_time = $1 \
+             WHERE token_hash = $2 AND use_time IS NULL AND expire_time > $1 RETURNING {COLUMNS}"
+        )))
+        .bind(now)
+        .bind(token_hash)
+        .fetch_optional(pool)
+        .await?
+    });
+    if let Some(row) = fresh {
+        return Ok(RefreshLookup::Fresh(row));
+    }
+    let used: Option<String> = on_db!(db, pool => {
+        sqlx::query_scalar(
+            "SELECT family FROM refresh_tokens WHERE token_hash = $1 AND use_time IS NOT NULL",
+        )
+        .bind(token_hash)
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(match used {
+        Some(family) => RefreshLookup::Replayed { family },
+        None => RefreshLookup::Unknown,
+    })
+}
+
+/// Revokes a whole family: its refresh tokens and its access tokens.
+pub async fn revoke_family(db: &Database, family: &str) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        sqlx::query("DELETE FROM refresh_tokens WHERE family = $1")
+            .bind(family)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM citizen_access_tokens WHERE code_hash = $1")
+            .bind(family)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
 /// Revokes the access tokens issued for a code (when the code is replayed).
 pub async fn revoke_tokens_of_code(db: &Database, code_hash: &str) -> Result<u64, IdentityError> {
     let done = on_db!(db, pool => {
@@ -299,6 +397,10 @@ pub async fn prune(db: &Database, now: i64, keep_codes_for: i64) -> Result<(), I
             .execute(pool)
             .await?;
         sqlx::query("DELETE FROM citizen_access_tokens WHERE expire_time <= $1")
+            .bind(now)
+            .execute(pool)
+            .await?;
+        sqlx::query("DELETE FROM refresh_tokens WHERE expire_time <= $1")
             .bind(now)
             .execute(pool)
             .await?;

@@ -68,6 +68,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     oidc::pairwise_subjects_differ_across_agencies_and_are_stable,
     oidc::a_citizen_with_totp_is_asked_for_a_code_and_reaches_substantial,
     oidc::agencies_set_their_clients_redirect_uris,
+    oidc::refresh_tokens_rotate_and_a_reused_one_revokes_its_family,
 ];
 
 fn main() -> ExitCode {

@@ -654,3 +654,69 @@ pub async fn agencies_set_their_clients_redirect_uris(engine: Engine) -> anyhow:
     );
     Ok(())
 }
+
+async fn refresh(
+    flow: &Flow<'_>,
+    rp: &Rp,
+    token: &str,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let response = flow
+        .http
+        .post(format!("{}/oauth2/token", flow.base))
+        .basic_auth(&rp.client.client_id, Some(&rp.client.client_secret))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
+        .send()
+        .await?;
+    Ok((response.status(), response.json().await?))
+}
+
+pub async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    citizen(&app).await?;
+    let flow = Flow::new(&app);
+    let rp = flow.rp().await?;
+    let (verifier, challenge) = pkce();
+
+    // Without offline_access there is no refresh token.
+    let code = flow.code(&rp, &challenge, "openid").await?;
+    let (_, tokens) = flow.exchange(&rp, &code, &verifier, REDIRECT).await?;
+    assert!(tokens.get("refresh_token").is_none());
+
+    let code = flow.code(&rp, &challenge, "openid offline_access").await?;
+    let (status, tokens) = flow.exchange(&rp, &code, &verifier, REDIRECT).await?;
+    assert_eq!(status, StatusCode::OK);
+    let first = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let (status, rotated) = refresh(&flow, &rp, &first).await?;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let second = rotated["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(first, second);
+    let access = rotated["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(flow.userinfo(&access).await?.status(), StatusCode::OK);
+
+    // Another client cannot use it.
+    let other = flow.rp().await?;
+    let (status, body) = refresh(&flow, &other, &second).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+
+    // The first token again: a reuse. The family is revoked: the second
+    // refresh token and the access tokens stop working.
+    let (status, body) = refresh(&flow, &rp, &first).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    assert_eq!(
+        flow.userinfo(&access).await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, _) = refresh(&flow, &rp, &second).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = refresh(&flow, &rp, "made-up").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    Ok(())
+}
