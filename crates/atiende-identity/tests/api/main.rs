@@ -10,6 +10,7 @@
 
 mod agencies;
 mod attacks;
+mod browser;
 mod citizens;
 mod environments;
 mod http_endpoint;
@@ -71,7 +72,21 @@ const TESTS: &[(&str, TestFn)] = tests![
     oidc::refresh_tokens_rotate_and_a_reused_one_revokes_its_family,
 ];
 
+/// Tests that need Chromium and chromedriver: left out, with the reason
+/// printed, where they are missing; under CI (`CI` set) they always run.
+const BROWSER_TESTS: &[(&str, TestFn)] =
+    tests![browser::citizen_signs_in_with_password_and_totp_in_a_real_browser];
+
 fn main() -> ExitCode {
     support::install_log_capture();
-    run_suite(support::PG_PREFIX, TESTS)
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    let mut all = TESTS.to_vec();
+    if ci || browser::available() {
+        all.extend_from_slice(BROWSER_TESTS);
+    } else {
+        eprintln!(
+            "browser tests left out: no chromedriver (apt-get install chromium chromium-driver)"
+        );
+    }
+    run_suite(support::PG_PREFIX, &all)
 }

@@ -21,14 +21,14 @@ use crate::support::{Credentials, Engine, TestApp, authed};
 
 const REDIRECT: &str = "http://127.0.0.1:4000/callback";
 
-struct Flow<'a> {
+pub struct Flow<'a> {
     app: &'a TestApp,
     http: reqwest::Client,
-    base: String,
+    pub base: String,
 }
 
-struct Rp {
-    client: Credentials,
+pub struct Rp {
+    pub client: Credentials,
 }
 
 struct Form {
@@ -37,7 +37,7 @@ struct Form {
     cookie: String,
 }
 
-fn pkce() -> (String, String) {
+pub fn pkce() -> (String, String) {
     let verifier = format!(
         "{:032x}{:032x}",
         rand::random::<u128>(),
@@ -53,7 +53,7 @@ fn hidden(html: &str, name: &str) -> String {
     html[start..].split('"').next().unwrap().to_owned()
 }
 
-fn query(location: &str) -> HashMap<String, String> {
+pub fn query(location: &str) -> HashMap<String, String> {
     url::Url::parse(location)
         .unwrap()
         .query_pairs()
@@ -62,7 +62,7 @@ fn query(location: &str) -> HashMap<String, String> {
 }
 
 impl<'a> Flow<'a> {
-    fn new(app: &'a TestApp) -> Self {
+    pub fn new(app: &'a TestApp) -> Self {
         Self {
             app,
             http: reqwest::Client::builder()
@@ -74,6 +74,11 @@ impl<'a> Flow<'a> {
     }
 
     async fn rp(&self) -> anyhow::Result<Rp> {
+        self.rp_with(REDIRECT).await
+    }
+
+    /// A new agency's client with `redirect_uri` registered.
+    pub async fn rp_with(&self, redirect_uri: &str) -> anyhow::Result<Rp> {
         let client = self
             .app
             .agency_with_client(&[Scope::IdentityCitizensRead], Environment::Live)
@@ -81,7 +86,7 @@ impl<'a> Flow<'a> {
         self.app
             .identity
             .service()
-            .register_redirect_uri(&client.client_id, REDIRECT)
+            .register_redirect_uri(&client.client_id, redirect_uri)
             .await?;
         Ok(Rp { client })
     }
@@ -159,7 +164,7 @@ impl<'a> Flow<'a> {
         Ok(params["code"].clone())
     }
 
-    async fn exchange(
+    pub async fn exchange(
         &self,
         rp: &Rp,
         code: &str,
@@ -190,7 +195,11 @@ impl<'a> Flow<'a> {
             .await?)
     }
 
-    async fn verify_id_token(&self, rp: &Rp, id_token: &str) -> anyhow::Result<serde_json::Value> {
+    pub async fn verify_id_token(
+        &self,
+        rp: &Rp,
+        id_token: &str,
+    ) -> anyhow::Result<serde_json::Value> {
         let jwks: JwkSet = self
             .http
             .get(format!("{}/.well-known/jwks.json", self.base))
@@ -213,7 +222,7 @@ impl<'a> Flow<'a> {
     }
 }
 
-async fn citizen(app: &TestApp) -> anyhow::Result<pb::Citizen> {
+pub async fn citizen(app: &TestApp) -> anyhow::Result<pb::Citizen> {
     let agency = app
         .agency_with_client(&[Scope::IdentityCitizensWrite], Environment::Live)
         .await?;
