@@ -39,6 +39,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "refresh tokens",
             include_str!("../migrations/sqlite/0005_refresh_tokens.sql"),
         ),
+        (
+            6,
+            "consent",
+            include_str!("../migrations/sqlite/0006_consent.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -65,6 +70,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             5,
             "refresh tokens",
             include_str!("../migrations/postgres/0005_refresh_tokens.sql"),
+        ),
+        (
+            6,
+            "consent",
+            include_str!("../migrations/postgres/0006_consent.sql"),
         ),
     ],
 };

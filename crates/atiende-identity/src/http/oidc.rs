@@ -210,6 +210,24 @@ pub(super) async fn sign_in(
 ) -> Response {
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
     let csrf_cookie = cookie(&headers, CSRF_COOKIE);
+    // The consent page posts here too (the CSRF cookie's path), with its
+    // decision.
+    if let Some(decision) = form.get("decision") {
+        let decided = state
+            .service
+            .decide_consent(
+                field("request_id"),
+                field("csrf_token"),
+                &csrf_cookie,
+                decision == "allow",
+                now_micros(),
+            )
+            .await;
+        return match decided {
+            Ok(location) => see_other(&location),
+            Err(error) => authorize_error(error),
+        };
+    }
     let source = forwarded_source(&headers);
     let step = state
         .service
@@ -227,7 +245,27 @@ pub(super) async fn sign_in(
         )
         .await;
     match step {
-        Ok(SignInStep::Redirect(location)) => see_other(&location),
+        Ok(SignInStep::Consent {
+            client_name,
+            attributes,
+        }) => {
+            let items: String = attributes
+                .iter()
+                .map(|a| format!("<li>{}</li>", escape(a)))
+                .collect();
+            let body = format!(
+                "<p><strong>{client}</strong> solicita acceso a:</p><ul>{items}</ul>\
+                 <form method=\"post\" action=\"{AUTHORIZE_PATH}\">\
+                 <input type=\"hidden\" name=\"request_id\" value=\"{request}\">\
+                 <input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
+                 <p><button type=\"submit\" name=\"decision\" value=\"allow\">Autorizar</button> \
+                 <button type=\"submit\" name=\"decision\" value=\"deny\">Cancelar</button></p></form>",
+                client = escape(&client_name),
+                request = escape(field("request_id")),
+                csrf = escape(field("csrf_token")),
+            );
+            page(StatusCode::OK, "Autorizar el acceso", &body)
+        }
         Ok(SignInStep::Retry {
             message,
             second_factor,

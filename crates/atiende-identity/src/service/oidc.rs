@@ -75,8 +75,12 @@ pub struct PendingSignIn {
 /// What the sign-in form leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignInStep {
-    /// Back to the client with a code.
-    Redirect(String),
+    /// Signed in: the citizen is asked whether the client may have these
+    /// attributes.
+    Consent {
+        client_name: String,
+        attributes: Vec<&'static str>,
+    },
     /// The form again, with a message; `second_factor` asks for a code.
     Retry {
         message: &'static str,
@@ -207,6 +211,9 @@ impl IdentityService {
             code_challenge: challenge,
             csrf_hash: token_hash(&csrf_token),
             expire_time: now_micros().saturating_add(REQUEST_TTL_MICROS),
+            citizen_id: None,
+            methods: None,
+            auth_time: None,
         };
         store::oidc::insert_authorization_request(&self.db, &request)
             .await
@@ -293,28 +300,108 @@ impl IdentityService {
                 });
             }
         };
+        store::oidc::mark_signed_in(
+            &self.db,
+            &request.request_id,
+            &citizen_id,
+            &methods.join(" "),
+            now,
+        )
+        .await
+        .map_err(|_| unavailable)?;
+        Ok(SignInStep::Consent {
+            client_name: client.display_name.as_str().to_owned(),
+            attributes: consent_attributes(&request.scope),
+        })
+    }
+
+    /// The citizen's answer on the consent page: a code for the client, or
+    /// `access_denied`. Either way the decision is audited.
+    pub async fn decide_consent(
+        &self,
+        request_id: &str,
+        csrf_form: &str,
+        csrf_cookie: &str,
+        allow: bool,
+        now: i64,
+    ) -> Result<String, AuthorizeError> {
+        let expired =
+            AuthorizeError::Page("La solicitud expiró. Vuelva a la aplicación e intente de nuevo.");
+        let unavailable =
+            AuthorizeError::Page("El servicio no está disponible. Intente más tarde.");
+        let same_token: bool =
+            subtle::ConstantTimeEq::ct_eq(csrf_form.as_bytes(), csrf_cookie.as_bytes()).into();
+        let request = store::oidc::get_authorization_request(&self.db, request_id, now)
+            .await
+            .map_err(|_| unavailable.clone())?
+            .ok_or(expired.clone())?;
+        if !same_token || csrf_form.is_empty() || token_hash(csrf_form) != request.csrf_hash {
+            return Err(expired);
+        }
+        let (Some(citizen_id), Some(methods), Some(auth_time)) =
+            (&request.citizen_id, &request.methods, request.auth_time)
+        else {
+            return Err(expired);
+        };
+        let client = match store::get_client_credentials(&self.db, &request.client_id).await {
+            Ok(Some((client, _))) => client,
+            _ => return Err(unavailable),
+        };
+        let event = crate::domain::audit::NewAuditEvent {
+            audit_event_id: atiende_platform::ids::new_id(
+                crate::domain::audit::AUDIT_EVENT_ID_PREFIX,
+            ),
+            event_type: AuditEventType::Consent,
+            environment: client.environment.as_str().to_owned(),
+            citizen_id: Some(citizen_id.clone()),
+            agency_id: Some(client.agency_id.clone()),
+            occur_time: now,
+            attributes: [
+                ("client_id".to_owned(), client.client_id.clone()),
+                ("scope".to_owned(), request.scope.clone()),
+                (
+                    "decision".to_owned(),
+                    if allow { "granted" } else { "denied" }.to_owned(),
+                ),
+            ]
+            .into(),
+        };
+        store::citizens::append_audit_event(&self.db, event)
+            .await
+            .map_err(|_| unavailable.clone())?;
+        let mut url = url::Url::parse(&request.redirect_uri).map_err(|_| unavailable.clone())?;
+        if !allow {
+            store::oidc::delete_authorization_request(&self.db, &request.request_id)
+                .await
+                .map_err(|_| unavailable)?;
+            url.query_pairs_mut()
+                .append_pair("error", "access_denied")
+                .append_pair("error_description", "the citizen did not consent")
+                .append_pair("state", &request.state)
+                .append_pair("iss", &self.issuer);
+            return Ok(url.into());
+        }
         let code = random_token().map_err(|_| unavailable.clone())?;
         let row = AuthorizationCodeRow {
             code_hash: token_hash(&code),
             client_id: request.client_id.clone(),
-            citizen_id,
+            citizen_id: citizen_id.clone(),
             redirect_uri: request.redirect_uri.clone(),
             scope: request.scope.clone(),
             nonce: request.nonce.clone(),
             code_challenge: request.code_challenge.clone(),
-            auth_time: now,
-            methods: methods.join(" "),
+            auth_time,
+            methods: methods.clone(),
             expire_time: now.saturating_add(CODE_TTL_MICROS),
         };
         store::oidc::insert_authorization_code(&self.db, &row, &request.request_id)
             .await
-            .map_err(|_| unavailable.clone())?;
-        let mut url = url::Url::parse(&request.redirect_uri).map_err(|_| unavailable)?;
+            .map_err(|_| unavailable)?;
         url.query_pairs_mut()
             .append_pair("code", &code)
             .append_pair("state", &request.state)
             .append_pair("iss", &self.issuer);
-        Ok(SignInStep::Redirect(url.into()))
+        Ok(url.into())
     }
 
     /// The authorization code grant: one use per code (a replay revokes
@@ -660,6 +747,25 @@ impl IdentityService {
         }
         store::oidc::insert_redirect_uri(&self.db, client_id, &uri).await
     }
+}
+
+/// What the consent page lists for the scopes asked for.
+fn consent_attributes(scope: &str) -> Vec<&'static str> {
+    let mut attributes = vec!["Un identificador suyo propio de esta institución"];
+    for s in scope.split(' ') {
+        match s {
+            "profile" => attributes.push("Su nombre y su RUN"),
+            "email" => attributes.push("Su correo electrónico"),
+            "phone" => attributes.push("Su número de teléfono"),
+            "offline_access" => {
+                attributes.push(
+                    "Seguir accediendo a estos datos por 12 horas, sin que usted esté conectado",
+                );
+            }
+            _ => {}
+        }
+    }
+    attributes
 }
 
 /// The level a sign-in reached: a password alone is low; with a second

@@ -90,6 +90,10 @@ pub struct AuthorizationRequestRow {
     pub code_challenge: String,
     pub csrf_hash: String,
     pub expire_time: i64,
+    /// Set once the citizen has signed in; consent comes next.
+    pub citizen_id: Option<String>,
+    pub methods: Option<String>,
+    pub auth_time: Option<i64>,
 }
 
 pub async fn insert_authorization_request(
@@ -126,7 +130,7 @@ pub async fn get_authorization_request(
     let row = on_db!(db, pool => {
         sqlx::query_as(
             "SELECT request_id, client_id, redirect_uri, scope, state, nonce, code_challenge, \
-             csrf_hash, expire_time FROM authorization_requests \
+             csrf_hash, expire_time, citizen_id, methods, auth_time FROM authorization_requests \
              WHERE request_id = $1 AND expire_time > $2",
         )
         .bind(request_id)
@@ -137,7 +141,43 @@ pub async fn get_authorization_request(
     Ok(row)
 }
 
-/// A code, issued when the citizen signed in.
+/// Records who signed in for the request, and how.
+pub async fn mark_signed_in(
+    db: &Database,
+    request_id: &str,
+    citizen_id: &str,
+    methods: &str,
+    auth_time: i64,
+) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        sqlx::query(
+            "UPDATE authorization_requests SET citizen_id = $1, methods = $2, auth_time = $3 \
+             WHERE request_id = $4",
+        )
+        .bind(citizen_id)
+        .bind(methods)
+        .bind(auth_time)
+        .bind(request_id)
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+pub async fn delete_authorization_request(
+    db: &Database,
+    request_id: &str,
+) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        sqlx::query("DELETE FROM authorization_requests WHERE request_id = $1")
+            .bind(request_id)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
+/// A code, issued when the citizen signed in and consented.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuthorizationCodeRow {
     pub code_hash: String,

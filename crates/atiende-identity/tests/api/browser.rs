@@ -1,7 +1,7 @@
 //! "Sign in with Atiende" in a real headless Chromium, driven through
 //! chromedriver with the W3C WebDriver protocol over plain HTTP: the
-//! citizen signs in with RUN, password and a TOTP code, and lands on the
-//! relying party's redirect URI with a code that exchanges for an ID
+//! citizen signs in with RUN, password and a TOTP code, consents, and lands
+//! on the relying party's redirect URI with a code that exchanges for an ID
 //! token. Debian: `apt-get install chromium chromium-driver`.
 
 use std::process::{Child, Command, Stdio};
@@ -231,6 +231,10 @@ pub async fn citizen_signs_in_with_password_and_totp_in_a_real_browser(
         .type_into("#second_factor", &code_at(now_micros()))
         .await?;
     browser.click("button[type=submit]").await?;
+    // Consent: what the agency asked for, then "Autorizar".
+    let consent = browser.wait_for(|p| p.contains("Autorizar")).await?;
+    assert!(consent.contains("Su nombre y su RUN"));
+    browser.click("button[value=allow]").await?;
     browser
         .wait_for(|p| p.contains("Volvió a Trámites"))
         .await?;

@@ -146,7 +146,13 @@ impl<'a> Flow<'a> {
             .await?)
     }
 
-    /// Signs in with the password and returns the code from the redirect.
+    /// The citizen's answer on the consent page: `allow` or `deny`.
+    async fn consent(&self, form: &Form, decision: &str) -> anyhow::Result<reqwest::Response> {
+        self.post(form, &[("decision", decision)]).await
+    }
+
+    /// Signs in with the password, consents, and returns the code from the
+    /// redirect.
     async fn code(&self, rp: &Rp, challenge: &str, scope: &str) -> anyhow::Result<String> {
         let form = self.form(rp, challenge, scope).await?;
         let response = self
@@ -155,6 +161,9 @@ impl<'a> Flow<'a> {
                 &[("national_id", "12.345.678-5"), ("password", PASSWORD)],
             )
             .await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.text().await?.contains("Autorizar"));
+        let response = self.consent(&form, "allow").await?;
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         let location = response.headers()["location"].to_str()?.to_owned();
         assert!(location.starts_with(REDIRECT));
@@ -297,6 +306,13 @@ pub async fn code_flow_with_pkce_gives_a_verified_id_token_and_userinfo(
             &[("national_id", "12345678-5"), ("password", PASSWORD)],
         )
         .await?;
+    // Consent: the page names what the agency asked for.
+    assert_eq!(ok.status(), StatusCode::OK);
+    let consent = ok.text().await?;
+    assert!(consent.contains("Su nombre y su RUN"));
+    assert!(consent.contains("Su correo electrónico"));
+    assert!(!consent.contains("teléfono"));
+    let ok = flow.consent(&form, "allow").await?;
     assert_eq!(ok.status(), StatusCode::SEE_OTHER);
     let code = query(ok.headers()["location"].to_str()?)["code"].clone();
 
@@ -581,6 +597,8 @@ pub async fn a_citizen_with_totp_is_asked_for_a_code_and_reaches_substantial(
             ],
         )
         .await?;
+    assert_eq!(done.status(), StatusCode::OK);
+    let done = flow.consent(&form, "allow").await?;
     assert_eq!(done.status(), StatusCode::SEE_OTHER);
     let code = query(done.headers()["location"].to_str()?)["code"].clone();
     let (_, tokens) = flow.exchange(&rp, &code, &verifier, REDIRECT).await?;
@@ -727,5 +745,61 @@ pub async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family(
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = refresh(&flow, &rp, "made-up").await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    Ok(())
+}
+
+pub async fn a_citizen_who_does_not_consent_sends_back_access_denied(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    let registered = citizen(&app).await?;
+    let flow = Flow::new(&app);
+    let rp = flow.rp().await?;
+    let (_, challenge) = pkce();
+    let form = flow.form(&rp, &challenge, "openid phone").await?;
+    // Consent cannot be given before signing in.
+    let early = flow.consent(&form, "allow").await?;
+    assert_eq!(early.status(), StatusCode::BAD_REQUEST);
+    let page = flow
+        .post(
+            &form,
+            &[("national_id", "12345678-5"), ("password", PASSWORD)],
+        )
+        .await?;
+    assert!(page.text().await?.contains("Su número de teléfono"));
+    let denied = flow.consent(&form, "deny").await?;
+    assert_eq!(denied.status(), StatusCode::SEE_OTHER);
+    let params = query(denied.headers()["location"].to_str()?);
+    assert_eq!(params["error"], "access_denied");
+    assert_eq!(params["state"], "st-123");
+    assert!(!params.contains_key("code"));
+    // The request is gone: no second answer.
+    assert_eq!(
+        flow.consent(&form, "allow").await?.status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    // Both decisions are in the agency's audit trail.
+    flow.code(&rp, &challenge, "openid").await?;
+    let token = app.token(&rp.client).await?;
+    let events = app
+        .citizens()
+        .list_audit_events(authed(
+            pb::ListAuditEventsRequest {
+                types: vec![pb::AuditEventType::Consent.into()],
+                citizen_id: registered.citizen_id.clone(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await?
+        .into_inner()
+        .audit_events;
+    let decisions: Vec<_> = events
+        .iter()
+        .map(|e| e.attributes["decision"].as_str())
+        .collect();
+    assert_eq!(decisions, ["granted", "denied"]);
+    assert_eq!(events[1].attributes["scope"], "openid phone");
     Ok(())
 }
