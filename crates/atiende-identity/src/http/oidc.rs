@@ -269,11 +269,12 @@ pub(super) async fn sign_in(
         Ok(SignInStep::Retry {
             message,
             second_factor,
+            client_name,
         }) => {
             let body = sign_in_page(
                 field("request_id"),
                 field("csrf_token"),
-                "la aplicación",
+                &client_name,
                 Some(message),
                 second_factor,
             );

@@ -85,6 +85,7 @@ pub enum SignInStep {
     Retry {
         message: &'static str,
         second_factor: bool,
+        client_name: String,
     },
 }
 
@@ -256,6 +257,7 @@ impl IdentityService {
         };
         let Ok(national_id) = NationalId::parse(NationalIdScheme::ClRun, form.national_id) else {
             return Ok(SignInStep::Retry {
+                client_name: client.display_name.as_str().to_owned(),
                 message: WRONG,
                 second_factor: false,
             });
@@ -283,18 +285,21 @@ impl IdentityService {
             } => (citizen_id, methods),
             SignInOutcome::SecondFactorRequired => {
                 return Ok(SignInStep::Retry {
+                    client_name: client.display_name.as_str().to_owned(),
                     message: "Ingrese el código de su aplicación de autenticación o un código de recuperación.",
                     second_factor: true,
                 });
             }
             SignInOutcome::Refused => {
                 return Ok(SignInStep::Retry {
+                    client_name: client.display_name.as_str().to_owned(),
                     message: WRONG,
                     second_factor: form.second_factor.is_some(),
                 });
             }
             SignInOutcome::LockedOut { .. } => {
                 return Ok(SignInStep::Retry {
+                    client_name: client.display_name.as_str().to_owned(),
                     message: "Demasiados intentos fallidos. Espere unos minutos e intente de nuevo.",
                     second_factor: false,
                 });

@@ -299,7 +299,12 @@ pub async fn code_flow_with_pkce_gives_a_verified_id_token_and_userinfo(
         )
         .await?;
     assert_eq!(wrong.status(), StatusCode::OK);
-    assert!(wrong.text().await?.contains("no son correctos"));
+    let wrong = wrong.text().await?;
+    assert!(wrong.contains("no son correctos"));
+    assert!(
+        wrong.contains("<strong>Backend</strong>"),
+        "the client's name"
+    );
     let ok = flow
         .post(
             &form,
