@@ -46,6 +46,7 @@ pub fn router(service: Arc<IdentityService>, jwks_max_age_secs: u64) -> Router {
             oidc::USERINFO_PATH,
             get(oidc::userinfo).post(oidc::userinfo),
         )
+        .route(oidc::REVOKE_PATH, post(oidc::revoke))
         .with_state(HttpState {
             service,
             jwks_max_age_secs,
@@ -59,6 +60,7 @@ async fn metadata(State(state): State<HttpState>) -> Response {
         "token_endpoint": format!("{issuer}{TOKEN_PATH}"),
         "authorization_endpoint": format!("{issuer}{}", oidc::AUTHORIZE_PATH),
         "userinfo_endpoint": format!("{issuer}{}", oidc::USERINFO_PATH),
+        "revocation_endpoint": format!("{issuer}{}", oidc::REVOKE_PATH),
         "jwks_uri": format!("{issuer}{JWKS_PATH}"),
         "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

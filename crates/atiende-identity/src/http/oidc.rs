@@ -375,6 +375,38 @@ pub(super) async fn refresh(
     Ok(token_response(tokens))
 }
 
+pub const REVOKE_PATH: &str = "/oauth2/revoke";
+
+/// RFC 7009: revokes one of the client's citizen tokens; 200 whether or
+/// not there was such a token.
+pub(super) async fn revoke(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let invalid_client = || OAuthError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "invalid_client",
+        description: "client authentication failed",
+        basic_challenge: true,
+    };
+    let posted = form.get("client_id").zip(form.get("client_secret"));
+    let (client_id, client_secret) = match (super::basic_credentials(&headers), posted) {
+        (Some(Ok(credentials)), None) => credentials,
+        (None, Some((id, secret))) => (id.clone(), secret.clone()),
+        _ => return invalid_client().into_response(),
+    };
+    let token = form.get("token").map(String::as_str).unwrap_or("");
+    match state
+        .service
+        .revoke_citizen_token(&client_id, &client_secret, token)
+        .await
+    {
+        Ok(()) => (StatusCode::OK, no_store()).into_response(),
+        Err(error) => token_error(error, invalid_client()).into_response(),
+    }
+}
+
 pub(super) async fn userinfo(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)

@@ -595,6 +595,52 @@ impl IdentityService {
         })
     }
 
+    /// RFC 7009 revocation of one of the client's citizen tokens (a
+    /// refresh token takes its family with it). Unknown tokens, and other
+    /// clients' tokens, are ignored, as the RFC asks.
+    pub async fn revoke_citizen_token(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        token: &str,
+    ) -> Result<(), TokenError> {
+        let unavailable = |error: IdentityError| {
+            tracing::error!(%error, "revocation failed");
+            TokenError::Unavailable
+        };
+        let client = self
+            .authenticate_client(client_id, client_secret)
+            .await
+            .map_err(|error| match error {
+                IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
+                _ => TokenError::Unavailable,
+            })?;
+        if token.is_empty() {
+            return Err(TokenError::InvalidRequest);
+        }
+        let revoked =
+            store::oidc::revoke_client_token(&self.db, &token_hash(token), &client.client_id)
+                .await
+                .map_err(unavailable)?;
+        if let Some(citizen_id) = revoked {
+            let event = crate::domain::audit::NewAuditEvent {
+                audit_event_id: atiende_platform::ids::new_id(
+                    crate::domain::audit::AUDIT_EVENT_ID_PREFIX,
+                ),
+                event_type: AuditEventType::TokenRevoke,
+                environment: client.environment.as_str().to_owned(),
+                citizen_id: Some(citizen_id),
+                agency_id: Some(client.agency_id.clone()),
+                occur_time: now_micros(),
+                attributes: [("client_id".to_owned(), client.client_id.clone())].into(),
+            };
+            store::citizens::append_audit_event(&self.db, event)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
     async fn new_access_token(
         &self,
         client: &Client,

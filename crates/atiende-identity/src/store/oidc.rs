@@ -396,6 +396,39 @@ pub async fn revoke_family(db: &Database, family: &str) -> Result<(), IdentityEr
     Ok(())
 }
 
+/// RFC 7009 for a client's own citizen tokens: a refresh token revokes its
+/// family, an access token itself. The citizen whose token it was, if any.
+pub async fn revoke_client_token(
+    db: &Database,
+    token_hash: &str,
+    client_id: &str,
+) -> Result<Option<String>, IdentityError> {
+    let refresh: Option<(String, String)> = on_db!(db, pool => {
+        sqlx::query_as(
+            "SELECT family, citizen_id FROM refresh_tokens WHERE token_hash = $1 AND client_id = $2",
+        )
+        .bind(token_hash)
+        .bind(client_id)
+        .fetch_optional(pool)
+        .await?
+    });
+    if let Some((family, citizen_id)) = refresh {
+        revoke_family(db, &family).await?;
+        return Ok(Some(citizen_id));
+    }
+    let access: Option<String> = on_db!(db, pool => {
+        sqlx::query_scalar(
+            "DELETE FROM citizen_access_tokens WHERE token_hash = $1 AND client_id = $2 \
+             RETURNING citizen_id",
+        )
+        .bind(token_hash)
+        .bind(client_id)
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(access)
+}
+
 /// Revokes the access tokens issued for a code (when the code is replayed).
 pub async fn revoke_tokens_of_code(db: &Database, code_hash: &str) -> Result<u64, IdentityError> {
     let done = on_db!(db, pool => {

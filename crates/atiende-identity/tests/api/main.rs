@@ -71,6 +71,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     oidc::agencies_set_their_clients_redirect_uris,
     oidc::refresh_tokens_rotate_and_a_reused_one_revokes_its_family,
     oidc::a_citizen_who_does_not_consent_sends_back_access_denied,
+    oidc::clients_revoke_their_own_citizen_tokens,
 ];
 
 /// Tests that need Chromium and chromedriver: left out, with the reason

@@ -808,3 +808,61 @@ pub async fn a_citizen_who_does_not_consent_sends_back_access_denied(
     assert_eq!(events[1].attributes["scope"], "openid phone");
     Ok(())
 }
+
+async fn revoke(flow: &Flow<'_>, rp: &Rp, token: &str) -> anyhow::Result<StatusCode> {
+    Ok(flow
+        .http
+        .post(format!("{}/oauth2/revoke", flow.base))
+        .basic_auth(&rp.client.client_id, Some(&rp.client.client_secret))
+        .form(&[("token", token)])
+        .send()
+        .await?
+        .status())
+}
+
+pub async fn clients_revoke_their_own_citizen_tokens(engine: Engine) -> anyhow::Result<()> {
+    let app = TestApp::spawn(engine).await?;
+    citizen(&app).await?;
+    let flow = Flow::new(&app);
+    let (rp, other) = (flow.rp().await?, flow.rp().await?);
+    let (verifier, challenge) = pkce();
+    let code = flow.code(&rp, &challenge, "openid offline_access").await?;
+    let (_, tokens) = flow.exchange(&rp, &code, &verifier, REDIRECT).await?;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+
+    // Another client's revocation is ignored; an unknown token is fine.
+    assert_eq!(revoke(&flow, &other, &access).await?, StatusCode::OK);
+    assert_eq!(flow.userinfo(&access).await?.status(), StatusCode::OK);
+    assert_eq!(revoke(&flow, &rp, "made-up").await?, StatusCode::OK);
+    let wrong = Rp {
+        client: Credentials {
+            client_secret: "ats_wrong".into(),
+            ..rp.client.clone()
+        },
+    };
+    assert_eq!(
+        revoke(&flow, &wrong, &access).await?,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Revoking the refresh token takes its access tokens with it.
+    assert_eq!(revoke(&flow, &rp, &refresh_token).await?, StatusCode::OK);
+    assert_eq!(
+        flow.userinfo(&access).await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, _) = refresh(&flow, &rp, &refresh_token).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // An access token alone.
+    let code = flow.code(&rp, &challenge, "openid").await?;
+    let (_, tokens) = flow.exchange(&rp, &code, &verifier, REDIRECT).await?;
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(revoke(&flow, &rp, access).await?, StatusCode::OK);
+    assert_eq!(
+        flow.userinfo(access).await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    Ok(())
+}
