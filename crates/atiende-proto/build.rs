@@ -15,6 +15,7 @@ const REDACTED_MESSAGES: &[&str] = &[
     ".atiende.identity.v1.IssueTokenResponse",
     ".atiende.identity.v1.IntrospectTokenRequest",
     ".atiende.identity.v1.RevokeTokenRequest",
+    ".atiende.identity.v1.RegisterCitizenRequest",
     ".atiende.payments.v1.SimulateCardSubmissionRequest",
 ];
 

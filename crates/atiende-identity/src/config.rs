@@ -18,6 +18,30 @@ pub struct IdentityConfig {
     pub telemetry: TelemetryConfig,
     pub tokens: TokenConfig,
     pub operators: OperatorConfig,
+    pub citizens: CitizenConfig,
+}
+
+/// Citizen sign-in policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CitizenConfig {
+    /// Failed sign-ins, per account and per source, that lock it.
+    pub lockout_threshold: u32,
+    /// How long a lockout lasts; also the window in which failures count.
+    #[serde(with = "millis")]
+    pub lockout_ms: Duration,
+    /// The issuer shown by authenticator apps.
+    pub totp_issuer: String,
+}
+
+impl Default for CitizenConfig {
+    fn default() -> Self {
+        Self {
+            lockout_threshold: 10,
+            lockout_ms: Duration::from_secs(600),
+            totp_issuer: "Atiende".to_owned(),
+        }
+    }
 }
 
 /// Who may perform platform-wide acts (create agencies, rotate keys, read
@@ -97,6 +121,11 @@ impl IdentityConfig {
         }
         if t.next_key_lead_ms > Duration::from_secs(7 * 24 * 3600) {
             return Err("tokens.next_key_lead_ms must be at most 7 days".into());
+        }
+        if self.citizens.lockout_threshold == 0 || self.citizens.lockout_ms.is_zero() {
+            return Err(
+                "citizens.lockout_threshold and citizens.lockout_ms must be above zero".into(),
+            );
         }
         Ok(())
     }

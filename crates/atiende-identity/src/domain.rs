@@ -1,5 +1,20 @@
 //! The identity service's domain: agencies, their clients, client secrets,
-//! and what can go wrong. Plain Rust: no gRPC, no SQL.
+//! citizens and their credentials, the audit trail, and what can go wrong.
+//! Plain Rust: no gRPC, no SQL.
+//!
+//! - [`national_id`]: national ids (Chile's RUN) with their scheme.
+//! - [`password`]: NIST 800-63B password rules, argon2id hashes.
+//! - [`totp`]: TOTP second factors and recovery codes.
+//! - [`citizen`]: citizens, contact details, levels of assurance.
+//! - [`audit`]: the hash-chained audit log and its verifier.
+//! - [`oidc`]: PKCE, redirect URIs, pairwise subjects.
+
+pub mod audit;
+pub mod citizen;
+pub mod national_id;
+pub mod oidc;
+pub mod password;
+pub mod totp;
 
 use atiende_platform::auth::{Environment, Scope, ScopeSet};
 use atiende_platform::error::ApiError;
@@ -159,6 +174,22 @@ pub enum IdentityError {
     ClientNotFound,
     #[error("the client is disabled")]
     ClientDisabled,
+    #[error("citizen not found")]
+    CitizenNotFound,
+    #[error("a citizen with this national id is already registered")]
+    CitizenAlreadyExists,
+    #[error("only the agency that registered the citizen may do this")]
+    NotRegisteringAgency,
+    #[error("substantial and high levels of assurance need an enrolled second factor")]
+    SecondFactorNeeded,
+    #[error("a second factor is already enrolled")]
+    SecondFactorAlreadyEnrolled,
+    #[error("no second factor enrolment is pending")]
+    NoPendingEnrolment,
+    #[error("the code is not valid")]
+    WrongCode,
+    #[error("the redirect URI must be https (or http on localhost) without a fragment")]
+    InvalidRedirectUri,
     #[error("storage: {0}")]
     Storage(#[from] sqlx::Error),
     #[error("a cryptographic operation failed")]
@@ -180,7 +211,17 @@ impl From<IdentityError> for ApiError {
             }
             IdentityError::AgencyNotFound => ApiError::NotFound("agency"),
             IdentityError::ClientNotFound => ApiError::NotFound("client"),
-            IdentityError::ClientDisabled => ApiError::FailedPrecondition(error.to_string()),
+            IdentityError::ClientDisabled
+            | IdentityError::SecondFactorNeeded
+            | IdentityError::SecondFactorAlreadyEnrolled
+            | IdentityError::NoPendingEnrolment => ApiError::FailedPrecondition(error.to_string()),
+            IdentityError::CitizenNotFound => ApiError::NotFound("citizen"),
+            IdentityError::CitizenAlreadyExists => ApiError::AlreadyExists("citizen"),
+            IdentityError::NotRegisteringAgency => ApiError::PermissionDenied(error.to_string()),
+            IdentityError::WrongCode => ApiError::invalid("code", "is not valid"),
+            IdentityError::InvalidRedirectUri => {
+                ApiError::invalid("redirect_uri", error.to_string())
+            }
             IdentityError::Storage(e) => ApiError::from(e),
             IdentityError::Crypto | IdentityError::Keys(_) => ApiError::internal(error),
         }

@@ -24,12 +24,11 @@ pub struct AgencyApi(pub Arc<IdentityService>);
 #[derive(Clone)]
 pub struct TokenApi(pub Arc<IdentityService>);
 
-/// Citizen accounts land with their own release; until then every RPC
-/// answers UNIMPLEMENTED (after authentication).
+/// Citizen accounts (see [`citizens`]).
 #[derive(Clone)]
-pub struct CitizenApi;
+pub struct CitizenApi(pub Arc<IdentityService>);
 
-impl pb::citizen_service_server::CitizenService for CitizenApi {}
+mod citizens;
 
 fn admin(request: &Request<impl Sized>) -> Result<Caller, ApiError> {
     let caller = caller(request)?;
@@ -159,7 +158,44 @@ impl pb::agency_service_server::AgencyService for AgencyApi {
             client: Some(client_to_pb(&client)),
         }))
     }
+
+    async fn set_client_redirect_uris(
+        &self,
+        request: Request<pb::SetClientRedirectUrisRequest>,
+    ) -> Reply<pb::SetClientRedirectUrisResponse> {
+        let caller = admin(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let client_id = v.check("client_id", parse_id(CLIENT_ID_PREFIX, &req.client_id));
+        if req.redirect_uris.len() > MAX_REDIRECT_URIS {
+            v.add(
+                "redirect_uris",
+                format!("must name at most {MAX_REDIRECT_URIS} URIs"),
+            );
+        }
+        let mut uris = Vec::with_capacity(req.redirect_uris.len());
+        for (i, raw) in req.redirect_uris.iter().enumerate() {
+            if let Some(uri) = v.check(
+                &format!("redirect_uris[{i}]"),
+                crate::domain::oidc::parse_redirect_uri(raw),
+            ) {
+                uris.push(uri);
+            }
+        }
+        let client_id = v.finish_with(client_id)?;
+        let uris = self
+            .0
+            .set_redirect_uris(&caller, &client_id, &uris)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::SetClientRedirectUrisResponse {
+            client_id,
+            redirect_uris: uris,
+        }))
+    }
 }
+
+const MAX_REDIRECT_URIS: usize = 10;
 
 #[tonic::async_trait]
 impl pb::token_service_server::TokenService for TokenApi {

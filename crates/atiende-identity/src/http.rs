@@ -1,7 +1,10 @@
 //! The browser- and library-facing HTTP endpoints: a standard OAuth 2.0
-//! token endpoint (RFC 6749, client credentials with `client_secret_basic`
-//! or `client_secret_post`), the authorization server metadata, and the JWKS.
-//! Errors follow RFC 6749 section 5.2.
+//! token endpoint (RFC 6749, client credentials and — see [`oidc`] —
+//! authorization codes, with `client_secret_basic` or `client_secret_post`),
+//! the authorization server metadata, the JWKS, and the OpenID Connect
+//! sign-in page and userinfo. Errors follow RFC 6749 section 5.2.
+
+mod oidc;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +38,15 @@ pub fn router(service: Arc<IdentityService>, jwks_max_age_secs: u64) -> Router {
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route(JWKS_PATH, get(jwks))
         .route(TOKEN_PATH, post(token))
+        .route(
+            oidc::AUTHORIZE_PATH,
+            get(oidc::authorize).post(oidc::sign_in),
+        )
+        .route(
+            oidc::USERINFO_PATH,
+            get(oidc::userinfo).post(oidc::userinfo),
+        )
+        .route(oidc::REVOKE_PATH, post(oidc::revoke))
         .with_state(HttpState {
             service,
             jwks_max_age_secs,
@@ -46,11 +58,26 @@ async fn metadata(State(state): State<HttpState>) -> Response {
     let body = json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}{TOKEN_PATH}"),
+        "authorization_endpoint": format!("{issuer}{}", oidc::AUTHORIZE_PATH),
+        "userinfo_endpoint": format!("{issuer}{}", oidc::USERINFO_PATH),
+        "revocation_endpoint": format!("{issuer}{}", oidc::REVOKE_PATH),
         "jwks_uri": format!("{issuer}{JWKS_PATH}"),
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "scopes_supported": atiende_platform::auth::Scope::ALL.map(|s| s.as_str()),
-        "response_types_supported": [],
+        "scopes_supported": atiende_platform::auth::Scope::ALL
+            .map(|s| s.as_str())
+            .into_iter()
+            .chain(["openid", "profile", "email", "phone", "offline_access"])
+            .collect::<Vec<_>>(),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "acr_values_supported": ["low", "substantial", "high"],
+        "claims_supported": ["sub", "acr", "amr", "auth_time", "nonce", "given_name",
+            "family_name", "national_id", "email", "email_verified", "phone_number"],
+        "authorization_response_iss_parameter_supported": true,
     });
     axum::Json(body).into_response()
 }
@@ -146,12 +173,14 @@ async fn issue(
             ));
         }
     }
-    match form.get("grant_type").map(String::as_str) {
-        Some("client_credentials") => {}
+    let grant = match form.get("grant_type").map(String::as_str) {
+        Some(grant @ ("client_credentials" | "authorization_code" | "refresh_token")) => {
+            grant.to_owned()
+        }
         Some(_) => {
             return Err(OAuthError::bad_request(
                 "unsupported_grant_type",
-                "only client_credentials is supported",
+                "only client_credentials, authorization_code and refresh_token are supported",
             ));
         }
         None => {
@@ -160,7 +189,7 @@ async fn issue(
                 "grant_type is required",
             ));
         }
-    }
+    };
     let basic = basic_credentials(headers);
     let posted = form.get("client_id").zip(form.get("client_secret"));
     let used_basic = basic.is_some();
@@ -191,6 +220,15 @@ async fn issue(
     // A malformed client id cannot be a client: answer without a query.
     if atiende_platform::ids::parse_id(crate::domain::CLIENT_ID_PREFIX, &client_id).is_err() {
         return Err(invalid_client);
+    }
+    match grant.as_str() {
+        "authorization_code" => {
+            return oidc::exchange(state, &form, &client_id, &client_secret, invalid_client).await;
+        }
+        "refresh_token" => {
+            return oidc::refresh(state, &form, &client_id, &client_secret, invalid_client).await;
+        }
+        _ => {}
     }
     let requested = match form.get("scope") {
         Some(scope) => Some(ScopeSet::parse_list(scope).map_err(|_| {

@@ -198,6 +198,26 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// Seals another secret kept at rest (a citizen's TOTP key) under the
+    /// key encryption key; `context` (e.g. `totp:<citizen id>`) is bound to
+    /// it as associated data, so a sealed value cannot be moved to another
+    /// row. Contexts never look like key ids.
+    pub(crate) fn seal_secret(
+        &self,
+        context: &str,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, IdentityError> {
+        self.kek.seal(context, plain)
+    }
+
+    pub(crate) fn open_secret(
+        &self,
+        context: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, IdentityError> {
+        self.kek.open(context, sealed)
+    }
+
     /// Loads the keys, creating the first one if there is none.
     pub async fn load(
         db: Database,
@@ -303,6 +323,26 @@ impl Keys {
             .signer(now_micros())
             .ok_or_else(|| IdentityError::Keys("no signing key".into()))?;
         key.sign(claims, &self.rng)
+    }
+
+    /// Signs other JWTs (ID tokens, `typ: JWT`) with the current key.
+    pub fn sign_jwt(&self, claims: &serde_json::Value) -> Result<String, IdentityError> {
+        let ring = self.current_ring();
+        let key = ring
+            .signer(now_micros())
+            .ok_or_else(|| IdentityError::Keys("no signing key".into()))?;
+        let pair = key.pair.as_ref().ok_or(IdentityError::Crypto)?;
+        let header = serde_json::json!({ "alg": "ES256", "kid": key.kid, "typ": "JWT" });
+        let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
+        token.push('.');
+        let payload = serde_json::to_vec(claims).map_err(|_| IdentityError::Crypto)?;
+        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+        let signature = pair
+            .sign(&self.rng, token.as_bytes())
+            .map_err(|_| IdentityError::Crypto)?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+        Ok(token)
     }
 
     /// The published keys, newest first.

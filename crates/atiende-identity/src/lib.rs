@@ -1,13 +1,17 @@
 //! Atiende identity: agencies as OAuth clients, short-lived access tokens,
-//! JWKS and key rotation. (Citizen accounts and the OpenID Connect login come
-//! with their own release; `CitizenService` answers UNIMPLEMENTED until then.)
+//! JWKS and key rotation; citizen accounts (national id, password, TOTP,
+//! levels of assurance, lockout) and the hash-chained audit trail. (The
+//! OpenID Connect login pages come with their own release.)
 //!
 //! # Layout
-//! - [`domain`]: agencies, clients, secrets, [`domain::IdentityError`].
-//! - [`service`]: what the service does, in domain terms.
+//! - [`domain`]: agencies, clients, secrets, citizens, national ids,
+//!   passwords, TOTP, the audit chain, [`domain::IdentityError`].
+//! - [`service`]: what the service does, in domain terms
+//!   ([`service::citizens`]: citizens, the sign-in check, audit listing).
 //! - [`keys`]: signing keys, sealed at rest, rotation policy.
 //! - [`revocation`]: revoked tokens and disabled clients, shared by instances.
-//! - [`store`]: the tables, on SQLite or PostgreSQL.
+//! - [`store`]: the tables, on SQLite or PostgreSQL ([`store::citizens`]:
+//!   citizens, throttles, the serialised audit append and chain check).
 //! - [`grpc`]: the gRPC adapter (the only module that knows prost types).
 //! - [`http`]: the OAuth token endpoint, metadata and JWKS over HTTP.
 //!
@@ -108,6 +112,7 @@ impl Identity {
             issuer,
             audience: config.tokens.audience.clone(),
             token_ttl: config.tokens.access_token_ttl_ms,
+            citizen_policy: config.citizens.clone(),
         });
         spawn_refreshers(&db, &keys, &revocations, &config, shutdown);
         Ok(Self {
@@ -145,9 +150,11 @@ impl Identity {
                 .max_encoding_message_size(limit),
             )
             .add(
-                pb::citizen_service_server::CitizenServiceServer::new(grpc::CitizenApi)
-                    .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit),
+                pb::citizen_service_server::CitizenServiceServer::new(grpc::CitizenApi(
+                    self.service.clone(),
+                ))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
             )
             .public_method("/atiende.identity.v1.TokenService/IssueToken")
             .public_method("/atiende.identity.v1.TokenService/GetJwks");
@@ -203,7 +210,9 @@ fn spawn_refreshers(
 }
 
 async fn prune(db: &Database, keys: &Keys) -> Result<(), IdentityError> {
-    store::prune_revocations(db, atiende_platform::storage::now_micros()).await?;
+    let now = atiende_platform::storage::now_micros();
+    store::prune_revocations(db, now).await?;
+    store::oidc::prune(db, now, service::oidc::KEEP_CODES_MICROS).await?;
     keys.prune().await?;
     Ok(())
 }

@@ -20,6 +20,9 @@ use crate::keys::{Keys, PublicKey};
 use crate::revocation::Revocations;
 use crate::store;
 
+pub mod citizens;
+pub mod oidc;
+
 /// An access token just issued.
 pub struct IssuedToken {
     pub access_token: String,
@@ -195,6 +198,7 @@ pub struct IdentityService {
     pub(crate) issuer: String,
     pub(crate) audience: String,
     pub(crate) token_ttl: Duration,
+    pub(crate) citizen_policy: crate::config::CitizenConfig,
 }
 
 impl IdentityService {
@@ -434,6 +438,27 @@ impl IdentityService {
             .map(Arc::new);
         self.credentials.put(client_id, loaded.clone(), started);
         Ok(loaded)
+    }
+
+    /// Authenticates a client by its secret (for the authorization code
+    /// grant): the one answer `InvalidClientCredentials` for every failure.
+    pub(crate) async fn authenticate_client(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<Client, IdentityError> {
+        let credentials = match self.credentials.get(client_id) {
+            Some(cached) => cached,
+            None => self.load_credentials(client_id).await?,
+        }
+        .ok_or(IdentityError::InvalidClientCredentials)?;
+        let (client, hash) = (&credentials.0, &credentials.1);
+        let usable = client.state == ClientState::Active
+            && !self.revocations.client_revoked(&client.client_id);
+        if !hash.matches(client_secret) || !usable {
+            return Err(IdentityError::InvalidClientCredentials);
+        }
+        Ok(client.clone())
     }
 
     /// RFC 7662: the token's claims if it is active and of the caller's

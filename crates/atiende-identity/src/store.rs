@@ -8,6 +8,9 @@ use atiende_platform::storage::{Database, Migrations};
 
 use crate::domain::{Agency, Client, ClientState, DisplayName, IdentityError, SecretHash};
 
+pub mod citizens;
+pub mod oidc;
+
 pub const MIGRATIONS: Migrations = Migrations {
     service: "identity",
     sqlite: &[
@@ -21,6 +24,26 @@ pub const MIGRATIONS: Migrations = Migrations {
             "revocations by expiry",
             include_str!("../migrations/sqlite/0002_revocations_by_expiry.sql"),
         ),
+        (
+            3,
+            "citizens audit",
+            include_str!("../migrations/sqlite/0003_citizens_audit.sql"),
+        ),
+        (
+            4,
+            "oidc",
+            include_str!("../migrations/sqlite/0004_oidc.sql"),
+        ),
+        (
+            5,
+            "refresh tokens",
+            include_str!("../migrations/sqlite/0005_refresh_tokens.sql"),
+        ),
+        (
+            6,
+            "consent",
+            include_str!("../migrations/sqlite/0006_consent.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -32,6 +55,26 @@ pub const MIGRATIONS: Migrations = Migrations {
             2,
             "revocations by expiry",
             include_str!("../migrations/postgres/0002_revocations_by_expiry.sql"),
+        ),
+        (
+            3,
+            "citizens audit",
+            include_str!("../migrations/postgres/0003_citizens_audit.sql"),
+        ),
+        (
+            4,
+            "oidc",
+            include_str!("../migrations/postgres/0004_oidc.sql"),
+        ),
+        (
+            5,
+            "refresh tokens",
+            include_str!("../migrations/postgres/0005_refresh_tokens.sql"),
+        ),
+        (
+            6,
+            "consent",
+            include_str!("../migrations/postgres/0006_consent.sql"),
         ),
     ],
 };
@@ -86,7 +129,7 @@ impl TryFrom<ClientRow> for Client {
     }
 }
 
-fn corrupt(what: impl std::fmt::Display) -> IdentityError {
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> IdentityError {
     IdentityError::Keys(format!("stored row does not parse: {what}"))
 }
 

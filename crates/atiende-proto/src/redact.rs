@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::identity::v1::{
     CreateClientResponse, IntrospectTokenRequest, IssueTokenRequest, IssueTokenResponse,
-    RevokeTokenRequest, RotateClientSecretResponse,
+    RegisterCitizenRequest, RevokeTokenRequest, RotateClientSecretResponse,
 };
 use crate::payments::v1::SimulateCardSubmissionRequest;
 
@@ -25,6 +25,24 @@ impl fmt::Debug for RotateClientSecretResponse {
         f.debug_struct("RotateClientSecretResponse")
             .field("client", &self.client)
             .field("client_secret", &REDACTED)
+            .finish()
+    }
+}
+
+/// Carries a password and personal data: only the national id's scheme
+/// shows.
+impl fmt::Debug for RegisterCitizenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegisterCitizenRequest")
+            .field(
+                "national_id.scheme",
+                &self.national_id.as_ref().map(|id| id.scheme),
+            )
+            .field("given_names", &REDACTED)
+            .field("family_names", &REDACTED)
+            .field("email", &REDACTED)
+            .field("phone_number", &REDACTED)
+            .field("password", &REDACTED)
             .finish()
     }
 }

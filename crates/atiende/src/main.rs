@@ -62,12 +62,29 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// The identity service's audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Apply a service's database migrations.
     Migrate {
         /// identity, notifications or payments.
         #[arg(long)]
         service: String,
         /// The service's configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the audit log from its first entry; exits
+    /// non-zero and names the first broken link if an entry was altered,
+    /// inserted or removed.
+    Verify {
+        /// The identity service's configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -126,6 +143,24 @@ async fn main() -> anyhow::Result<()> {
                 Ok(())
             } else {
                 std::process::exit(1)
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { config },
+        } => {
+            let report = atiende::ops::verify_audit(config.as_deref()).await?;
+            match report.broken {
+                None => {
+                    println!("audit chain verified: {} entries", report.verified);
+                    Ok(())
+                }
+                Some(broken) => {
+                    println!(
+                        "audit chain broken at {broken} ({} entries verified before it)",
+                        report.verified
+                    );
+                    std::process::exit(1)
+                }
             }
         }
         Command::Migrate { service, config } => {

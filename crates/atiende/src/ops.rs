@@ -1,4 +1,5 @@
-//! Operator subcommands: migrations and bootstrapping the first agency.
+//! Operator subcommands: migrations, bootstrapping the first agency, and
+//! verifying the audit chain.
 
 use atiende_identity::config::IdentityConfig;
 use atiende_identity::domain::DisplayName;
@@ -72,6 +73,17 @@ pub async fn migrate(service: &str, config: Option<&std::path::Path>) -> anyhow:
     db.migrate(&migrations).await?;
     db.close().await;
     Ok(())
+}
+
+/// Verifies the identity service's audit chain in its configured database.
+pub async fn verify_audit(
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<atiende_identity::store::citizens::ChainReport> {
+    let storage = atiende_platform::config::load::<IdentityConfig>(config)?.storage;
+    let db = Database::for_service(&storage, atiende_identity::SERVICE_NAME).await?;
+    let report = atiende_identity::store::citizens::verify_audit_chain(&db).await;
+    db.close().await;
+    Ok(report?)
 }
 
 /// Whether the gRPC health service at `addr` reports `service` as SERVING.

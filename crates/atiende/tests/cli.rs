@@ -1,6 +1,7 @@
 //! The `atiende` binary as a newcomer and an operator run it: `atiende dev`
 //! prints working credentials and a token and stops cleanly on SIGTERM;
-//! `create-agency` prints credentials that work; `migrate` migrates.
+//! `create-agency` prints credentials that work; `migrate` migrates;
+//! `audit verify` finds the entry someone altered.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -170,5 +171,71 @@ async fn create_agency_prints_credentials_once_and_they_work() {
         .into_inner();
     assert!(issued.scope.contains("identity.admin"));
     terminate(child).await;
+    let _ = std::fs::remove_dir_all(data_dir);
+}
+
+#[tokio::test]
+async fn audit_verify_passes_an_intact_chain_and_names_the_altered_entry() {
+    use atiende_identity::domain::audit::{AuditEventType, NewAuditEvent};
+    use atiende_identity::store::citizens::append_audit_event;
+    use atiende_platform::storage::Database;
+
+    let data_dir = std::env::temp_dir().join(format!("atiende-cli-audit-{}", free_port()));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_atiende"))
+            .args(args)
+            .env("ATIENDE_STORAGE__DATA_DIR", &data_dir)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["migrate", "--service", "identity"]).status.success());
+    let verified = run(&["audit", "verify"]);
+    assert!(verified.status.success(), "{verified:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&verified.stdout).trim(),
+        "audit chain verified: 0 entries"
+    );
+
+    let url = format!("sqlite://{}", data_dir.join("identity.db").display());
+    let db = Database::connect(&url, 1).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let event = append_audit_event(
+            &db,
+            NewAuditEvent {
+                audit_event_id: atiende_platform::ids::new_id("aud"),
+                event_type: AuditEventType::SignInFailure,
+                environment: "live".into(),
+                citizen_id: None,
+                agency_id: None,
+                occur_time: 1_000 + i,
+                attributes: [("reason".to_owned(), "bad_credentials".to_owned())].into(),
+            },
+        )
+        .await
+        .unwrap();
+        ids.push(event.audit_event_id);
+    }
+    let verified = run(&["audit", "verify"]);
+    assert!(verified.status.success(), "{verified:?}");
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("verified: 3 entries"));
+
+    let Database::Sqlite(pool) = &db else {
+        panic!("a SQLite database")
+    };
+    sqlx::query("UPDATE audit_events SET occur_time = occur_time + 1 WHERE seq = 2")
+        .execute(pool)
+        .await
+        .unwrap();
+    db.close().await;
+    let broken = run(&["audit", "verify"]);
+    assert!(!broken.status.success());
+    let stdout = String::from_utf8_lossy(&broken.stdout);
+    assert!(
+        stdout.contains(&format!("broken at entry 2 ({})", ids[1])),
+        "{stdout}"
+    );
+    assert!(stdout.contains("does not match its hash"), "{stdout}");
     let _ = std::fs::remove_dir_all(data_dir);
 }

@@ -10,9 +10,12 @@
 
 mod agencies;
 mod attacks;
+mod browser;
+mod citizens;
 mod environments;
 mod http_endpoint;
 mod logs;
+mod oidc;
 mod rotation;
 mod support;
 mod tokens;
@@ -49,9 +52,43 @@ const TESTS: &[(&str, TestFn)] = tests![
     environments::unknown_client_ids_in_bulk_do_not_block_real_clients,
     environments::operators_create_the_first_client_of_a_new_agency,
     environments::rotation_is_idempotent_while_a_key_waits,
+    citizens::registration_normalises_the_run_and_finds_it_either_way,
+    citizens::invalid_registrations_list_every_bad_field,
+    citizens::a_national_id_registers_once_per_environment,
+    citizens::scopes_and_agencies_limit_what_a_caller_sees_and_changes,
+    citizens::unknown_accounts_and_wrong_passwords_get_the_same_answer,
+    citizens::lockout_after_repeated_failures_and_its_expiry,
+    citizens::a_source_failing_against_many_accounts_is_locked_out,
+    citizens::totp_second_factor_and_single_use_recovery_codes,
+    citizens::audit_chain_verifies_and_an_altered_row_is_reported,
+    citizens::concurrent_appends_never_fork_the_chain,
+    citizens::audit_events_are_listed_per_agency_citizen_type_and_time,
+    logs::passwords_codes_and_personal_data_never_appear_in_logs_or_errors,
+    oidc::code_flow_with_pkce_gives_a_verified_id_token_and_userinfo,
+    oidc::pkce_redirect_uri_csrf_and_code_replay_are_refused,
+    oidc::pairwise_subjects_differ_across_agencies_and_are_stable,
+    oidc::a_citizen_with_totp_is_asked_for_a_code_and_reaches_substantial,
+    oidc::agencies_set_their_clients_redirect_uris,
+    oidc::refresh_tokens_rotate_and_a_reused_one_revokes_its_family,
+    oidc::a_citizen_who_does_not_consent_sends_back_access_denied,
+    oidc::clients_revoke_their_own_citizen_tokens,
 ];
+
+/// Tests that need Chromium and chromedriver: left out, with the reason
+/// printed, where they are missing; under CI (`CI` set) they always run.
+const BROWSER_TESTS: &[(&str, TestFn)] =
+    tests![browser::citizen_signs_in_with_password_and_totp_in_a_real_browser];
 
 fn main() -> ExitCode {
     support::install_log_capture();
-    run_suite(support::PG_PREFIX, TESTS)
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    let mut all = TESTS.to_vec();
+    if ci || browser::available() {
+        all.extend_from_slice(BROWSER_TESTS);
+    } else {
+        eprintln!(
+            "browser tests left out: no chromedriver (apt-get install chromium chromium-driver)"
+        );
+    }
+    run_suite(support::PG_PREFIX, &all)
 }

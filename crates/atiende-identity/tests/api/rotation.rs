@@ -47,6 +47,7 @@ pub async fn next_key_is_published_before_it_signs_and_old_tokens_keep_verifying
         engine,
         AppOptions {
             next_key_lead: Duration::from_secs(1),
+            ..AppOptions::default()
         },
     )
     .await?;
@@ -104,6 +105,7 @@ pub async fn verifier_with_stale_cache_picks_up_new_key_without_restart(
         engine,
         AppOptions {
             next_key_lead: Duration::from_secs(1),
+            ..AppOptions::default()
         },
     )
     .await?;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use atiende_identity::Identity;
-use atiende_identity::config::{IdentityConfig, TokenConfig};
+use atiende_identity::config::{CitizenConfig, IdentityConfig, TokenConfig};
 use atiende_identity::domain::DisplayName;
 use atiende_identity::keys::KeyEncryptionKey;
 use atiende_platform::auth::{Environment, Scope, ScopeSet};
@@ -18,6 +18,7 @@ use atiende_platform::server::{
 use atiende_platform::storage::Database;
 use atiende_proto::identity::v1 as pb;
 use pb::agency_service_client::AgencyServiceClient;
+use pb::citizen_service_client::CitizenServiceClient;
 use pb::token_service_client::TokenServiceClient;
 use tonic::transport::Channel;
 
@@ -97,12 +98,14 @@ impl Drop for TestApp {
 /// Options that tests vary.
 pub struct AppOptions {
     pub next_key_lead: Duration,
+    pub citizens: CitizenConfig,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
         Self {
             next_key_lead: Duration::from_secs(900),
+            citizens: CitizenConfig::default(),
         }
     }
 }
@@ -141,6 +144,7 @@ impl TestApp {
                 revocation_poll_interval_ms: Duration::from_millis(200),
                 ..TokenConfig::default()
             },
+            citizens: options.citizens,
             ..IdentityConfig::default()
         };
         let (trigger, shutdown) = shutdown_channel();
@@ -205,6 +209,16 @@ impl TestApp {
 
     pub fn agencies(&self) -> AgencyServiceClient<Channel> {
         AgencyServiceClient::new(self.channel.clone())
+    }
+
+    pub fn citizens(&self) -> CitizenServiceClient<Channel> {
+        CitizenServiceClient::new(self.channel.clone())
+    }
+
+    /// A second connection to the app's database, for tests that look at
+    /// or tamper with stored rows.
+    pub async fn database(&self) -> anyhow::Result<Database> {
+        Ok(Database::connect(&self.database_url, 2).await?)
     }
 
     pub fn tokens(&self) -> TokenServiceClient<Channel> {

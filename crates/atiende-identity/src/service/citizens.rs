@@ -1,0 +1,675 @@
+//! Citizens in domain terms: registration, reads with what an agency may
+//! see, contact and state changes, levels of assurance, TOTP enrolment,
+//! the password sign-in check with its lockout, and the audit trail.
+//!
+//! Visibility rules (kept deliberately simple):
+//! - Citizens live in the caller's environment: a sandbox client's
+//!   citizens are test data that live callers never see, and back.
+//! - Any agency holding `identity.citizens.read` sees a citizen's id,
+//!   national id, names, level of assurance and state; only the agency that
+//!   registered the citizen also sees the email address and phone number.
+//! - Contact details and the state change only by the registering agency
+//!   (or an operator); a level of assurance is recorded by any agency
+//!   holding `identity.citizens.write`, which becomes its attester.
+//! - Audit events are listed per caller agency (events it caused);
+//!   operators may list every agency's, and sign-in events (which no agency
+//!   causes).
+
+use std::collections::BTreeMap;
+
+use atiende_platform::auth::{Caller, Environment};
+use atiende_platform::ids::new_id;
+use atiende_platform::paging::{Page, PageSize};
+use atiende_platform::storage::now_micros;
+use aws_lc_rs::digest;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{IdentityService, micros};
+use crate::domain::audit::{AUDIT_EVENT_ID_PREFIX, AuditEvent, AuditEventType, NewAuditEvent};
+use crate::domain::citizen::{
+    AssuranceLevel, CITIZEN_ID_PREFIX, Citizen, CitizenState, EmailAddress, EvidenceReference,
+    PersonName, PhoneNumber, Proofing,
+};
+use crate::domain::national_id::NationalId;
+use crate::domain::password::{Password, dummy_hash, hash_password, verify_password};
+use crate::domain::totp::{
+    RECOVERY_CODES, RecoveryCode, TotpSecret, looks_like_recovery_code, recovery_code_hash,
+};
+use crate::domain::{IdentityError, hex};
+use crate::store::citizens::{self as store, AuditFilter, CitizenCredentials};
+
+/// A registration request, parsed.
+pub struct NewCitizen {
+    pub national_id: NationalId,
+    pub given_names: PersonName,
+    pub family_names: PersonName,
+    pub email: EmailAddress,
+    pub phone: Option<PhoneNumber>,
+    pub password: Option<Password>,
+}
+
+/// A citizen as one agency may see them.
+#[derive(Debug, Clone)]
+pub struct CitizenView {
+    pub citizen: Citizen,
+    /// Whether the email address and phone number may be shown.
+    pub contact_visible: bool,
+}
+
+/// A pending TOTP enrolment, shown to the citizen once.
+pub struct TotpEnrolment {
+    pub secret_base32: SecretString,
+    pub otpauth_uri: SecretString,
+}
+
+/// One password sign-in attempt.
+pub struct PasswordAttempt<'a> {
+    pub environment: Environment,
+    pub national_id: &'a NationalId,
+    pub password: &'a str,
+    /// A TOTP code or a recovery code, when the citizen has a second factor.
+    pub second_factor: Option<&'a str>,
+    /// Where the attempt comes from (the client's address, as the login
+    /// front end sees it); only its digest is kept. Empty when unknown: then
+    /// only the account is throttled.
+    pub source: &'a str,
+}
+
+/// What a sign-in attempt gets. `Refused` is the one answer for an unknown
+/// account, a wrong password, a disabled account and a wrong second factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignInOutcome {
+    Accepted {
+        citizen_id: String,
+        /// Authentication methods (RFC 8176): `pwd`, and `otp` with a second
+        /// factor.
+        methods: Vec<&'static str>,
+    },
+    /// The password was right; a second factor is needed.
+    SecondFactorRequired,
+    Refused,
+    /// The account or the source is locked until then (µs).
+    LockedOut {
+        until: i64,
+    },
+}
+
+/// Filters of ListAuditEvents, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub citizen_id: Option<String>,
+    /// Operators only; others always get their own agency.
+    pub agency_id: Option<String>,
+    pub types: Vec<AuditEventType>,
+    pub occur_from: Option<i64>,
+    pub occur_before: Option<i64>,
+}
+
+fn audit(
+    event_type: AuditEventType,
+    environment: Environment,
+    citizen_id: Option<&str>,
+    agency_id: Option<&str>,
+    attributes: &[(&str, &str)],
+    now: i64,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        audit_event_id: new_id(AUDIT_EVENT_ID_PREFIX),
+        event_type,
+        environment: environment.as_str().to_owned(),
+        citizen_id: citizen_id.map(str::to_owned),
+        agency_id: agency_id.map(str::to_owned),
+        occur_time: now,
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+/// Argon2 on tokio's blocking pool: ~15 ms of CPU must not stall a runtime
+/// thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, IdentityError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| IdentityError::Crypto)
+}
+
+fn throttle_key(kind: &str, parts: &[&str]) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(kind.as_bytes());
+    for part in parts {
+        ctx.update(b"\0");
+        ctx.update(part.as_bytes());
+    }
+    hex(ctx.finish().as_ref())
+}
+
+fn totp_context(citizen_id: &str) -> String {
+    format!("totp:{citizen_id}")
+}
+
+impl IdentityService {
+    /// Registers a citizen in the caller's environment, on behalf of the
+    /// caller's agency.
+    pub async fn register_citizen(
+        &self,
+        caller: &Caller,
+        new: NewCitizen,
+    ) -> Result<CitizenView, IdentityError> {
+        let password_hash = match new.password {
+            Some(password) => Some(blocking(move || hash_password(password.expose())).await??),
+            None => None,
+        };
+        let now = now_micros();
+        let citizen = Citizen {
+            citizen_id: new_id(CITIZEN_ID_PREFIX),
+            environment: caller.environment,
+            national_id: new.national_id,
+            given_names: new.given_names,
+            family_names: new.family_names,
+            email: new.email,
+            email_verified: false,
+            phone: new.phone,
+            assurance_level: AssuranceLevel::Low,
+            proofing: None,
+            state: CitizenState::Active,
+            registered_by: caller.agency_id.clone(),
+            has_password: password_hash.is_some(),
+            has_second_factor: false,
+            create_time: now,
+        };
+        let event = audit(
+            AuditEventType::Registration,
+            caller.environment,
+            Some(&citizen.citizen_id),
+            Some(&caller.agency_id),
+            &[
+                ("client_id", &caller.client_id),
+                ("scheme", citizen.national_id.scheme().as_str()),
+            ],
+            now,
+        );
+        store::insert_citizen(&self.db, &citizen, password_hash.as_ref(), event).await?;
+        tracing::info!(citizen_id = %citizen.citizen_id, agency_id = %caller.agency_id, "citizen registered");
+        Ok(CitizenView {
+            citizen,
+            contact_visible: true,
+        })
+    }
+
+    pub async fn get_citizen(
+        &self,
+        caller: &Caller,
+        citizen_id: &str,
+    ) -> Result<CitizenView, IdentityError> {
+        let found = store::get_citizen(&self.db, caller.environment, citizen_id)
+            .await?
+            .ok_or(IdentityError::CitizenNotFound)?;
+        Ok(view(caller, found.citizen))
+    }
+
+    pub async fn find_citizen(
+        &self,
+        caller: &Caller,
+        national_id: &NationalId,
+    ) -> Result<CitizenView, IdentityError> {
+        let found = store::find_citizen(&self.db, caller.environment, national_id)
+            .await?
+            .ok_or(IdentityError::CitizenNotFound)?;
+        Ok(view(caller, found.citizen))
+    }
+
+    /// Replaces the email address and/or phone number (registering agency
+    /// only). A changed email address is unverified again.
+    pub async fn update_contact(
+        &self,
+        caller: &Caller,
+        citizen_id: &str,
+        email: Option<EmailAddress>,
+        phone: Option<PhoneNumber>,
+    ) -> Result<CitizenView, IdentityError> {
+        let citizen = self.managed_citizen(caller, citizen_id, false).await?;
+        let mut fields = Vec::new();
+        if email.is_some() {
+            fields.push("email");
+        }
+        if phone.is_some() {
+            fields.push("phone_number");
+        }
+        let now = now_micros();
+        let event = audit(
+            AuditEventType::AdminAction,
+            caller.environment,
+            Some(citizen_id),
+            Some(&caller.agency_id),
+            &[("action", "update_contact"), ("fields", &fields.join(","))],
+            now,
+        );
+        store::update_contact(
+            &self.db,
+            &citizen.citizen_id,
+            email.as_ref(),
+            phone.as_ref(),
+            now,
+            event,
+        )
+        .await?;
+        tracing::info!(citizen_id, agency_id = %caller.agency_id, "citizen contact updated");
+        self.get_citizen(caller, citizen_id).await
+    }
+
+    /// Disables or re-enables an account (registering agency or operator).
+    /// Setting the state it already has changes nothing.
+    pub async fn set_citizen_state(
+        &self,
+        caller: &Caller,
+        citizen_id: &str,
+        state: CitizenState,
+    ) -> Result<CitizenView, IdentityError> {
+        let citizen = self.managed_citizen(caller, citizen_id, true).await?;
+        let action = match state {
+            CitizenState::Active => "enable",
+            CitizenState::Disabled => "disable",
+        };
+        let now = now_micros();
+        let event = audit(
+            AuditEventType::AdminAction,
+            caller.environment,
+            Some(citizen_id),
+            Some(&caller.agency_id),
+            &[("action", action)],
+            now,
+        );
+        if store::set_state(&self.db, &citizen.citizen_id, state, now, event).await? {
+            tracing::info!(citizen_id, agency_id = %caller.agency_id, action, "citizen state changed");
+        }
+        self.get_citizen(caller, citizen_id).await
+    }
+
+    /// Records the level of assurance an agency attests, with a reference
+    /// to its evidence. Substantial and high need an enrolled second factor.
+    pub async fn set_assurance_level(
+        &self,
+        caller: &Caller,
+        citizen_id: &str,
+        level: AssuranceLevel,
+        evidence: EvidenceReference,
+    ) -> Result<CitizenView, IdentityError> {
+        let citizen = store::get_citizen(&self.db, caller.environment, citizen_id)
+            .await?
+            .ok_or(IdentityError::CitizenNotFound)?
+            .citizen;
+        if level > AssuranceLevel::Low && !citizen.has_second_factor {
+            return Err(IdentityError::SecondFactorNeeded);
+        }
+        let now = now_micros();
+        let event = audit(
+            AuditEventType::AssuranceChange,
+            caller.environment,
+            Some(citizen_id),
+            Some(&caller.agency_id),
+            &[
+                ("from", citizen.assurance_level.as_str()),
+                ("to", level.as_str()),
+                ("evidence_reference", evidence.as_str()),
+            ],
+            now,
+        );
+        let proofing = Proofing {
+            agency_id: caller.agency_id.clone(),
+            evidence,
+            time: now,
+        };
+        if !store::set_assurance(&self.db, citizen_id, level, &proofing, event).await? {
+            return Err(IdentityError::SecondFactorNeeded);
+        }
+        tracing::info!(citizen_id, agency_id = %caller.agency_id, level = level.as_str(), "assurance level set");
+        self.get_citizen(caller, citizen_id).await
+    }
+
+    /// Starts a TOTP enrolment: a new secret, sealed at rest, pending until
+    /// a first code confirms it. (The login pages call this; there is no
+    /// agency RPC for it.)
+    pub async fn begin_totp_enrolment(
+        &self,
+        environment: Environment,
+        citizen_id: &str,
+    ) -> Result<TotpEnrolment, IdentityError> {
+        let citizen = store::get_citizen(&self.db, environment, citizen_id)
+            .await?
+            .ok_or(IdentityError::CitizenNotFound)?
+            .citizen;
+        let secret = TotpSecret::generate()?;
+        let sealed = self
+            .keys
+            .seal_secret(&totp_context(citizen_id), secret.expose())?;
+        if !store::begin_totp(&self.db, citizen_id, &sealed, now_micros()).await? {
+            return Err(IdentityError::SecondFactorAlreadyEnrolled);
+        }
+        Ok(TotpEnrolment {
+            secret_base32: secret.base32(),
+            otpauth_uri: secret.otpauth_uri(&self.citizen_policy.totp_issuer, &citizen.citizen_id),
+        })
+    }
+
+    /// Confirms a pending enrolment with a current code; returns the
+    /// recovery codes, shown once (only their hashes are kept).
+    pub async fn confirm_totp_enrolment(
+        &self,
+        environment: Environment,
+        citizen_id: &str,
+        code: &str,
+        now: i64,
+    ) -> Result<Vec<RecoveryCode>, IdentityError> {
+        let found = store::get_citizen(&self.db, environment, citizen_id)
+            .await?
+            .ok_or(IdentityError::CitizenNotFound)?;
+        let sealed = match (&found.totp_sealed, found.citizen.has_second_factor) {
+            (Some(sealed), false) => sealed,
+            _ => return Err(IdentityError::NoPendingEnrolment),
+        };
+        let secret =
+            TotpSecret::from_bytes(self.keys.open_secret(&totp_context(citizen_id), sealed)?);
+        let step = secret
+            .verify(code, now.div_euclid(1_000_000), found.totp_last_step)
+            .ok_or(IdentityError::WrongCode)?;
+        let codes = (0..RECOVERY_CODES)
+            .map(|_| RecoveryCode::generate())
+            .collect::<Result<Vec<_>, _>>()?;
+        let hashes: Vec<String> = codes.iter().map(RecoveryCode::hash).collect();
+        let event = audit(
+            AuditEventType::MfaChange,
+            environment,
+            Some(citizen_id),
+            None,
+            &[("action", "totp_enrolled")],
+            now,
+        );
+        if !store::confirm_totp(&self.db, citizen_id, step, &hashes, now, event).await? {
+            return Err(IdentityError::NoPendingEnrolment);
+        }
+        tracing::info!(citizen_id, "second factor enrolled");
+        Ok(codes)
+    }
+
+    /// Unused recovery codes left.
+    pub async fn recovery_codes_left(&self, citizen_id: &str) -> Result<i64, IdentityError> {
+        store::count_recovery_codes(&self.db, citizen_id).await
+    }
+
+    /// The credential check behind the login page, now.
+    pub async fn check_password(
+        &self,
+        attempt: PasswordAttempt<'_>,
+    ) -> Result<SignInOutcome, IdentityError> {
+        self.check_password_at(attempt, now_micros()).await
+    }
+
+    /// The credential check at `now` (µs): lockout per account and per
+    /// source, the same answer and the same work (one argon2 verification)
+    /// for an unknown account as for a wrong password, every attempt
+    /// audited.
+    pub async fn check_password_at(
+        &self,
+        attempt: PasswordAttempt<'_>,
+        now: i64,
+    ) -> Result<SignInOutcome, IdentityError> {
+        let env = attempt.environment;
+        let account_key = throttle_key(
+            "account",
+            &[
+                env.as_str(),
+                attempt.national_id.scheme().as_str(),
+                attempt.national_id.value(),
+            ],
+        );
+        let source_key = if attempt.source.is_empty() {
+            String::new()
+        } else {
+            throttle_key("source", &[attempt.source])
+        };
+        let found = store::find_citizen(&self.db, env, attempt.national_id).await?;
+        let citizen_id = found.as_ref().map(|f| f.citizen.citizen_id.clone());
+
+        let until = store::locked_until(&self.db, &account_key, &source_key).await?;
+        if until > now {
+            self.audit_failure(env, citizen_id.as_deref(), "locked_out", now)
+                .await?;
+            return Ok(SignInOutcome::LockedOut { until });
+        }
+
+        let password = SecretString::from(attempt.password.to_owned());
+        let hash = found.as_ref().and_then(|f| f.password_hash.clone());
+        let password_ok = blocking(move || match hash {
+            Some(hash) => verify_password(&hash, password.expose_secret()),
+            None => {
+                // Unknown account, or no password yet: the same work.
+                let _ = dummy_hash().map(|dummy| verify_password(dummy, password.expose_secret()));
+                false
+            }
+        })
+        .await?;
+
+        let Some(found) = found.filter(|_| password_ok) else {
+            return self
+                .refuse(
+                    env,
+                    citizen_id.as_deref(),
+                    "bad_credentials",
+                    &account_key,
+                    &source_key,
+                    now,
+                )
+                .await;
+        };
+        if found.citizen.state != CitizenState::Active {
+            return self
+                .refuse(
+                    env,
+                    citizen_id.as_deref(),
+                    "account_disabled",
+                    &account_key,
+                    &source_key,
+                    now,
+                )
+                .await;
+        }
+        let mut methods = vec!["pwd"];
+        if found.citizen.has_second_factor {
+            let Some(code) = attempt.second_factor else {
+                return Ok(SignInOutcome::SecondFactorRequired);
+            };
+            if !self.second_factor_ok(&found, code, now).await? {
+                return self
+                    .refuse(
+                        env,
+                        citizen_id.as_deref(),
+                        "bad_second_factor",
+                        &account_key,
+                        &source_key,
+                        now,
+                    )
+                    .await;
+            }
+            methods.push("otp");
+        }
+        store::clear_throttle(&self.db, &account_key).await?;
+        let citizen_id = found.citizen.citizen_id;
+        let event = audit(
+            AuditEventType::SignInSuccess,
+            env,
+            Some(&citizen_id),
+            None,
+            &[("methods", &methods.join(" "))],
+            now,
+        );
+        store::append_audit_event(&self.db, event).await?;
+        tracing::info!(citizen_id = %citizen_id, "citizen signed in");
+        Ok(SignInOutcome::Accepted {
+            citizen_id,
+            methods,
+        })
+    }
+
+    async fn second_factor_ok(
+        &self,
+        found: &CitizenCredentials,
+        code: &str,
+        now: i64,
+    ) -> Result<bool, IdentityError> {
+        let citizen_id = &found.citizen.citizen_id;
+        if looks_like_recovery_code(code) {
+            let used =
+                store::use_recovery_code(&self.db, citizen_id, &recovery_code_hash(code)).await?;
+            if used {
+                let event = audit(
+                    AuditEventType::MfaChange,
+                    found.citizen.environment,
+                    Some(citizen_id),
+                    None,
+                    &[("action", "recovery_code_used")],
+                    now,
+                );
+                store::append_audit_event(&self.db, event).await?;
+            }
+            return Ok(used);
+        }
+        let Some(sealed) = &found.totp_sealed else {
+            return Ok(false);
+        };
+        let secret =
+            TotpSecret::from_bytes(self.keys.open_secret(&totp_context(citizen_id), sealed)?);
+        match secret.verify(code, now.div_euclid(1_000_000), found.totp_last_step) {
+            // Compare-and-set: of two concurrent uses of one code, one wins.
+            Some(step) => store::use_totp_step(&self.db, citizen_id, step).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Counts the failure against the account and the source, audits it,
+    /// and answers `Refused` (or `LockedOut` when this failure locked).
+    async fn refuse(
+        &self,
+        env: Environment,
+        citizen_id: Option<&str>,
+        reason: &str,
+        account_key: &str,
+        source_key: &str,
+        now: i64,
+    ) -> Result<SignInOutcome, IdentityError> {
+        let policy = &self.citizen_policy;
+        let window = micros(policy.lockout_ms);
+        let threshold = i64::from(policy.lockout_threshold);
+        self.audit_failure(env, citizen_id, reason, now).await?;
+        let mut locked = false;
+        for (scope, key) in [("account", account_key), ("source", source_key)] {
+            // Without a known source (no client address), only the account
+            // is throttled: one shared key would lock everyone out.
+            if key.is_empty() {
+                continue;
+            }
+            if store::record_failure(&self.db, key, now, window, threshold, window).await? {
+                locked = true;
+                let event = audit(
+                    AuditEventType::Lockout,
+                    env,
+                    citizen_id,
+                    None,
+                    &[("scope", scope)],
+                    now,
+                );
+                store::append_audit_event(&self.db, event).await?;
+                tracing::warn!(scope, "sign-in locked out after repeated failures");
+            }
+        }
+        Ok(if locked {
+            SignInOutcome::LockedOut {
+                until: now.saturating_add(window),
+            }
+        } else {
+            SignInOutcome::Refused
+        })
+    }
+
+    async fn audit_failure(
+        &self,
+        env: Environment,
+        citizen_id: Option<&str>,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), IdentityError> {
+        let event = audit(
+            AuditEventType::SignInFailure,
+            env,
+            citizen_id,
+            None,
+            &[("reason", reason)],
+            now,
+        );
+        store::append_audit_event(&self.db, event).await?;
+        Ok(())
+    }
+
+    /// Audit events the caller may see, newest first.
+    pub async fn list_audit_events(
+        &self,
+        caller: &Caller,
+        query: AuditQuery,
+        page_size: PageSize,
+        before_seq: Option<i64>,
+    ) -> Result<Page<AuditEvent>, IdentityError> {
+        let operator = self.require_operator(caller).await.is_ok();
+        let agency_id = match query.agency_id {
+            Some(other) if other != caller.agency_id && !operator => {
+                return Err(IdentityError::NotOperator);
+            }
+            Some(agency) => Some(agency),
+            None if operator => None,
+            None => Some(caller.agency_id.clone()),
+        };
+        let filter = AuditFilter {
+            environment: Some(caller.environment),
+            citizen_id: query.citizen_id,
+            agency_id,
+            types: query.types,
+            occur_from: query.occur_from,
+            occur_before: query.occur_before,
+        };
+        let items =
+            store::list_audit_events(&self.db, &filter, before_seq, page_size.fetch_limit())
+                .await?;
+        Ok(Page::from_overfetch(items, page_size, |e| {
+            e.seq.to_string()
+        }))
+    }
+
+    /// The citizen, if the caller may change its contact details or state:
+    /// the registering agency, or (when `operators_too`) an operator.
+    async fn managed_citizen(
+        &self,
+        caller: &Caller,
+        citizen_id: &str,
+        operators_too: bool,
+    ) -> Result<Citizen, IdentityError> {
+        let citizen = store::get_citizen(&self.db, caller.environment, citizen_id)
+            .await?
+            .ok_or(IdentityError::CitizenNotFound)?
+            .citizen;
+        if citizen.registered_by != caller.agency_id
+            && !(operators_too && self.require_operator(caller).await.is_ok())
+        {
+            return Err(IdentityError::NotRegisteringAgency);
+        }
+        Ok(citizen)
+    }
+}
+
+fn view(caller: &Caller, citizen: Citizen) -> CitizenView {
+    CitizenView {
+        contact_visible: citizen.registered_by == caller.agency_id,
+        citizen,
+    }
+}
