@@ -30,3 +30,5 @@ pub mod storage;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod webdriver;

@@ -4,160 +4,18 @@
 //! on the relying party's redirect URI with a code that exchanges for an ID
 //! token. Debian: `apt-get install chromium chromium-driver`.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use atiende_identity::domain::totp::{TotpSecret, hotp};
 use atiende_platform::auth::Environment;
 use atiende_platform::storage::now_micros;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
+use atiende_platform::webdriver::Browser;
+pub use atiende_platform::webdriver::available;
+
 use crate::citizens::PASSWORD;
 use crate::oidc::{Flow, citizen, pkce, query};
 use crate::support::{Engine, TestApp};
-
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-/// Whether chromedriver can be started here.
-pub fn available() -> bool {
-    Command::new("chromedriver")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// chromedriver and one headless Chromium session, ended on drop.
-struct Browser {
-    driver: Child,
-    http: reqwest::Client,
-    session: String,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-impl Browser {
-    async fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut browser = Self {
-            driver,
-            http: reqwest::Client::new(),
-            session: format!("http://127.0.0.1:{port}"),
-        };
-        let status = format!("{}/status", browser.session);
-        let mut ready = false;
-        for _ in 0..100 {
-            if let Ok(response) = browser.http.get(&status).send().await
-                && let Ok(body) = response.json::<Value>().await
-                && body["value"]["ready"] == true
-            {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        anyhow::ensure!(ready, "chromedriver did not start");
-        let mut options = json!({
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        });
-        if let Some(binary) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-        {
-            options["binary"] = json!(binary);
-        }
-        let created = browser
-            .call(
-                "POST",
-                "/session",
-                json!({"capabilities": {"alwaysMatch": {
-                    "browserName": "chrome", "goog:chromeOptions": options
-                }}}),
-            )
-            .await?;
-        let id = created["sessionId"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("no session: {created}"))?;
-        browser.session = format!("{}/session/{id}", browser.session);
-        Ok(browser)
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Value) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.session);
-        let request = match method {
-            "GET" => self.http.get(&url),
-            "DELETE" => self.http.delete(&url),
-            _ => self.http.post(&url).json(&body),
-        };
-        let response: Value = request.send().await?.json().await?;
-        if response["value"]["error"].is_string() {
-            anyhow::bail!("WebDriver {path}: {}", response["value"]);
-        }
-        Ok(response["value"].clone())
-    }
-
-    async fn type_into(&self, css: &str, text: &str) -> anyhow::Result<()> {
-        let found = self
-            .call(
-                "POST",
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await?;
-        let element = found[ELEMENT]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("no element {css}"))?;
-        self.call(
-            "POST",
-            &format!("/element/{element}/value"),
-            json!({ "text": text }),
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn click(&self, css: &str) -> anyhow::Result<()> {
-        let found = self
-            .call(
-                "POST",
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await?;
-        let element = found[ELEMENT]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("no element {css}"))?;
-        self.call("POST", &format!("/element/{element}/click"), json!({}))
-            .await
-            .map(drop)
-    }
-
-    async fn wait_for(&self, ready: impl Fn(&str) -> bool) -> anyhow::Result<String> {
-        for _ in 0..100 {
-            let source = self.call("GET", "/source", Value::Null).await?;
-            let source = source.as_str().unwrap_or_default();
-            if ready(source) {
-                return Ok(source.to_owned());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        anyhow::bail!("the expected page did not load within 10 s")
-    }
-}
 
 /// The relying party's site: its callback page says it got the answer.
 async fn relying_party_site() -> anyhow::Result<String> {
@@ -216,14 +74,14 @@ pub async fn citizen_signs_in_with_password_and_totp_in_a_real_browser(
         .call("POST", "/url", json!({ "url": authorize.as_str() }))
         .await?;
     browser
-        .wait_for(|p| p.contains("Ingresar con Atiende"))
+        .wait_for_page(|p| p.contains("Ingresar con Atiende"))
         .await?;
     browser.type_into("#national_id", "12.345.678-5").await?;
     browser.type_into("#password", PASSWORD).await?;
     browser.click("button[type=submit]").await?;
     // The second factor is asked for; the form is filled again with it.
     browser
-        .wait_for(|p| p.contains("id=\"second_factor\""))
+        .wait_for_page(|p| p.contains("id=\"second_factor\""))
         .await?;
     browser.type_into("#national_id", "12.345.678-5").await?;
     browser.type_into("#password", PASSWORD).await?;
@@ -232,11 +90,11 @@ pub async fn citizen_signs_in_with_password_and_totp_in_a_real_browser(
         .await?;
     browser.click("button[type=submit]").await?;
     // Consent: what the agency asked for, then "Autorizar".
-    let consent = browser.wait_for(|p| p.contains("Autorizar")).await?;
+    let consent = browser.wait_for_page(|p| p.contains("Autorizar")).await?;
     assert!(consent.contains("Su nombre y su RUN"));
     browser.click("button[value=allow]").await?;
     browser
-        .wait_for(|p| p.contains("Volvió a Trámites"))
+        .wait_for_page(|p| p.contains("Volvió a Trámites"))
         .await?;
     let landed = browser.call("GET", "/url", Value::Null).await?;
     let landed = landed.as_str().unwrap_or_default().to_owned();
