@@ -194,11 +194,14 @@ fn cookie(headers: &HeaderMap, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The address the nearest proxy saw: the last `X-Forwarded-For` entry
+/// (earlier ones are whatever the client wrote). Behind no proxy a client
+/// can set it, so deploy the login pages behind one.
 fn forwarded_source(headers: &HeaderMap) -> String {
     headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.rsplit(',').next())
         .map(|v| v.trim().to_owned())
         .unwrap_or_default()
 }

@@ -436,12 +436,22 @@ impl IdentityService {
         }
         let now = now_micros();
         let code_hash = token_hash(code);
-        let Some(row) = store::oidc::use_authorization_code(&self.db, &code_hash, now)
-            .await
-            .map_err(unavailable)?
+        // Only the client the code was issued to can use it (or, by
+        // replaying it, revoke what it gave): another client's attempt
+        // changes nothing.
+        let Some(row) =
+            store::oidc::use_authorization_code(&self.db, &code_hash, &client.client_id, now)
+                .await
+                .map_err(unavailable)?
         else {
-            // Used before (or expired, or made up): whatever the code gave
-            // is revoked.
+            let owner = store::oidc::authorization_code_client(&self.db, &code_hash)
+                .await
+                .map_err(unavailable)?;
+            if owner.as_deref() != Some(client.client_id.as_str()) {
+                return Err(TokenError::InvalidGrant);
+            }
+            // Used before (or expired) by its own client: whatever the code
+            // gave is revoked.
             let revoked = store::oidc::revoke_tokens_of_code(&self.db, &code_hash)
                 .await
                 .map_err(unavailable)?;
@@ -545,9 +555,14 @@ impl IdentityService {
             return Err(TokenError::InvalidRequest);
         }
         let now = now_micros();
-        let row = match store::oidc::use_refresh_token(&self.db, &token_hash(refresh_token), now)
-            .await
-            .map_err(unavailable)?
+        let row = match store::oidc::use_refresh_token(
+            &self.db,
+            &token_hash(refresh_token),
+            &client.client_id,
+            now,
+        )
+        .await
+        .map_err(unavailable)?
         {
             store::oidc::RefreshLookup::Fresh(row) => row,
             store::oidc::RefreshLookup::Replayed { family } => {

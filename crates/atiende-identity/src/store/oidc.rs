@@ -231,21 +231,37 @@ pub async fn insert_authorization_code(
 pub async fn use_authorization_code(
     db: &Database,
     code_hash: &str,
+    client_id: &str,
     now: i64,
 ) -> Result<Option<AuthorizationCodeRow>, IdentityError> {
     let row = on_db!(db, pool => {
         sqlx::query_as(
             "UPDATE authorization_codes SET use_time = $1 \
-             WHERE code_hash = $2 AND use_time IS NULL AND expire_time > $1 \
+             WHERE code_hash = $2 AND client_id = $3 AND use_time IS NULL AND expire_time > $1 \
              RETURNING code_hash, client_id, citizen_id, redirect_uri, scope, nonce, \
              code_challenge, auth_time, methods, expire_time",
         )
         .bind(now)
         .bind(code_hash)
+        .bind(client_id)
         .fetch_optional(pool)
         .await?
     });
     Ok(row)
+}
+
+/// The client a code was issued to, used or not.
+pub async fn authorization_code_client(
+    db: &Database,
+    code_hash: &str,
+) -> Result<Option<String>, IdentityError> {
+    let client = on_db!(db, pool => {
+        sqlx::query_scalar("SELECT client_id FROM authorization_codes WHERE code_hash = $1")
+            .bind(code_hash)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(client)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -348,6 +364,7 @@ pub enum RefreshLookup {
 pub async fn use_refresh_token(
     db: &Database,
     token_hash: &str,
+    client_id: &str,
     now: i64,
 ) -> Result<RefreshLookup, IdentityError> {
     const COLUMNS: &str =
@@ -355,10 +372,12 @@ pub async fn use_refresh_token(
     let fresh: Option<RefreshTokenRow> = on_db!(db, pool => {
         sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE refresh_tokens SET use_time = $1 \
-             WHERE token_hash = $2 AND use_time IS NULL AND expire_time > $1 RETURNING {COLUMNS}"
+             WHERE token_hash = $2 AND client_id = $3 AND use_time IS NULL AND expire_time > $1 \
+             RETURNING {COLUMNS}"
         )))
         .bind(now)
         .bind(token_hash)
+        .bind(client_id)
         .fetch_optional(pool)
         .await?
     });
@@ -367,9 +386,11 @@ pub async fn use_refresh_token(
     }
     let used: Option<String> = on_db!(db, pool => {
         sqlx::query_scalar(
-            "SELECT family FROM refresh_tokens WHERE token_hash = $1 AND use_time IS NOT NULL",
+            "SELECT family FROM refresh_tokens WHERE token_hash = $1 AND client_id = $2 \
+             AND use_time IS NOT NULL",
         )
         .bind(token_hash)
+        .bind(client_id)
         .fetch_optional(pool)
         .await?
     });

@@ -178,7 +178,6 @@ pub const TRANSITIONS: &[Transition] = &[
     t(S::Submitted, S::Capturable, E::PaymentCapturable),
     t(S::Submitted, S::Success, E::PaymentSucceeded),
     t(S::Submitted, S::Failed, E::PaymentFailed),
-    t(S::Submitted, S::Cancelled, E::PaymentCancelled),
     t(S::Submitted, S::Error, E::PaymentErrored),
     t(S::Capturable, S::Success, E::PaymentSucceeded),
     t(S::Capturable, S::Failed, E::PaymentFailed),

@@ -165,7 +165,22 @@ impl PaymentsService {
                 );
                 return Ok(changed);
             }
+            let from = payment.state;
             payment = self.get_payment(tenant, &payment.payment_id).await?;
+            // Expiry and cancellation act on the state they saw: if the
+            // payer moved on meanwhile (a card being charged), they lose.
+            let ends_early = matches!(to, PaymentState::Failed | PaymentState::Cancelled)
+                && !matches!(
+                    reason,
+                    Some(FailureReason::Rejected | FailureReason::ProviderError)
+                );
+            if ends_early && payment.state != from {
+                return Err(IllegalTransition {
+                    from: payment.state,
+                    to,
+                }
+                .into());
+            }
         }
         Err(IllegalTransition {
             from: payment.state,

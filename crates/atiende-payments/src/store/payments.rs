@@ -218,6 +218,8 @@ pub struct StalePayment {
 
 /// Payments of every tenant whose payer did not finish by `now`, and
 /// authorisations not captured since `authorised_before`, oldest first.
+/// SUBMITTED payments are never expired: the card may be being charged;
+/// only the gateway's answer or the recovery job ends them.
 pub async fn stale_payments(
     db: &Database,
     now: i64,
@@ -227,7 +229,7 @@ pub async fn stale_payments(
     let rows: Vec<(String, String, String, String)> = on_db!(db, pool => {
         sqlx::query_as(
             "SELECT agency_id, environment, payment_id, state FROM payments \
-             WHERE (state IN ('created', 'started', 'submitted') AND expire_time <= $1) \
+             WHERE (state IN ('created', 'started') AND expire_time <= $1) \
              OR (state = 'capturable' AND update_time <= $2) \
              ORDER BY expire_time LIMIT $3",
         )
