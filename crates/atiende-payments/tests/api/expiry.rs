@@ -203,6 +203,11 @@ pub async fn recovery_job_finishes_payments_interrupted_after_the_card_step(
         ids.push(payment.payment_id);
     }
     let job = app.payments.service();
+    // Past their expiry, SUBMITTED payments are not expired (their card may
+    // be being charged), and the agency cannot cancel them.
+    assert_eq!(job.expire_stale_payments(now + 91 * MINUTE).await?, 0);
+    assert!(job.cancel_payment(&tenant, &ids[0]).await.is_err());
+    assert_eq!(app.get(&token, &ids[0]).await.state(), S::Submitted);
     assert_eq!(
         job.recover_interrupted_payments(now + MINUTE).await?,
         0,
