@@ -464,11 +464,14 @@ pub async fn pkce_redirect_uri_csrf_and_code_replay_are_refused(
         (StatusCode::BAD_REQUEST, Some("invalid_grant"))
     );
 
-    // Another client cannot use the code.
+    // Another client cannot use the code, nor spend it: its own client
+    // still can.
     let other = flow.rp().await?;
     let code = flow.code(&rp, &challenge, "openid").await?;
     let (status, _) = flow.exchange(&other, &code, &verifier, REDIRECT).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = flow.exchange(&rp, &code, &verifier, REDIRECT).await?;
+    assert_eq!(status, StatusCode::OK);
 
     // Replaying a code that worked revokes the access token it gave.
     let code = flow.code(&rp, &challenge, "openid").await?;
