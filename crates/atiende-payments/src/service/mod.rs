@@ -57,6 +57,8 @@ pub enum PaymentsError {
     NotRefundable,
     #[error("only sandbox callers can simulate the card step")]
     SandboxOnly,
+    #[error("the payment has expired: its card step is closed")]
+    PaymentExpired,
     #[error("no card gateway is configured for live payments")]
     NoGateway,
     #[error("webhook endpoint not found")]
@@ -85,6 +87,7 @@ impl From<PaymentsError> for ApiError {
             | PaymentsError::IdempotencyKeyReused
             | PaymentsError::RefundAmountChanged
             | PaymentsError::NotRefundable
+            | PaymentsError::PaymentExpired
             | PaymentsError::NoGateway
             | PaymentsError::TooManyWebhookEndpoints => {
                 ApiError::FailedPrecondition(error.to_string())

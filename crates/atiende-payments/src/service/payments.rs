@@ -261,6 +261,13 @@ impl PaymentsService {
             return Err(PaymentsError::SandboxOnly);
         }
         let payment = self.get_payment(tenant, payment_id).await?;
+        // As on the page: once expired, no card is taken (the expiry job
+        // may not have run yet).
+        if matches!(payment.state, PaymentState::Created | PaymentState::Started)
+            && now_micros() >= payment.expire_time
+        {
+            return Err(PaymentsError::PaymentExpired);
+        }
         self.card_step(payment, card).await
     }
 

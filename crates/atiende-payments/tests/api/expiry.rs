@@ -64,6 +64,23 @@ pub async fn expiry_job_fails_stale_payments_with_the_expired_code(
         events.last().unwrap().r#type(),
         pb::PaymentEventType::PaymentFailed
     );
+
+    // Past its expiry, before the job has run, the sandbox card step is
+    // closed, as the page is.
+    let late = app.create(&token, payment_request(1_000, "CLP")).await;
+    let db = app.payments.database();
+    atiende_platform::on_db!(db, pool => {
+        sqlx::query("UPDATE payments SET expire_time = 1 WHERE payment_id = $1")
+            .bind(&late.payment_id)
+            .execute(pool)
+            .await?;
+    });
+    let refused = app
+        .simulate(&token, &late.payment_id, VISA_OK)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(app.get(&token, &late.payment_id).await.state(), S::Created);
     Ok(())
 }
 
