@@ -311,12 +311,7 @@ impl NotificationsService {
         send: EmailSend,
     ) -> Result<Notification, NotificationsError> {
         self.rate_limit(sender)?;
-        // Only a request with an idempotency key needs its digest.
-        let hash = if send.options.idempotency_key.is_some() {
-            request_hash(&send)
-        } else {
-            String::new()
-        };
+        let hash = idempotency_hash(&send.options, &send);
         if let Some(original) = self
             .replay_send(sender, "SendEmail", &send.options, &hash)
             .await?
@@ -337,6 +332,7 @@ impl NotificationsService {
                 &send.template_id,
                 send.template_version,
                 Channel::Email,
+                &mut violations,
             )
             .await;
         let fallback = match &send.fallback {
@@ -348,17 +344,18 @@ impl NotificationsService {
                     &fb.phone_number,
                     &mut violations,
                 );
-                match self
+                let template = self
                     .template_for(
                         sender,
                         "fallback.template_id",
                         &fb.template_id,
                         fb.template_version,
                         Channel::Sms,
+                        &mut violations,
                     )
-                    .await
-                {
-                    Ok(t) => render_checked(
+                    .await;
+                template.and_then(|t| {
+                    render_checked(
                         &t,
                         "fallback.personalisation",
                         &fb.personalisation,
@@ -373,19 +370,8 @@ impl NotificationsService {
                             fragment_count: i32::try_from(size.fragments).unwrap_or(i32::MAX),
                         }),
                         Rendering::Email(_) => None,
-                    }),
-                    Err(v) => {
-                        violations.push(v);
-                        None
-                    }
-                }
-            }
-        };
-        let template = match template {
-            Ok(t) => Some(t),
-            Err(v) => {
-                violations.push(v);
-                None
+                    })
+                })
             }
         };
         let rendering = template.as_ref().and_then(|t| {
@@ -422,12 +408,7 @@ impl NotificationsService {
         send: SmsSend,
     ) -> Result<Notification, NotificationsError> {
         self.rate_limit(sender)?;
-        // Only a request with an idempotency key needs its digest.
-        let hash = if send.options.idempotency_key.is_some() {
-            request_hash(&send)
-        } else {
-            String::new()
-        };
+        let hash = idempotency_hash(&send.options, &send);
         if let Some(original) = self
             .replay_send(sender, "SendSms", &send.options, &hash)
             .await?
@@ -437,22 +418,16 @@ impl NotificationsService {
         let mut violations = Vec::new();
         check_recipient(sender, "phone_number", &send.phone_number, &mut violations);
         self.check_sender_id(sender, &send.sender_id, &mut violations);
-        let template = match self
+        let template = self
             .template_for(
                 sender,
                 "template_id",
                 &send.template_id,
                 send.template_version,
                 Channel::Sms,
+                &mut violations,
             )
-            .await
-        {
-            Ok(t) => Some(t),
-            Err(v) => {
-                violations.push(v);
-                None
-            }
-        };
+            .await;
         let rendering = template.as_ref().and_then(|t| {
             render_checked(t, "personalisation", &send.personalisation, &mut violations)
         });
@@ -492,12 +467,7 @@ impl NotificationsService {
         send: BatchSend,
     ) -> Result<BatchView, NotificationsError> {
         self.rate_limit(sender)?;
-        // Only a request with an idempotency key needs its digest.
-        let hash = if send.options.idempotency_key.is_some() {
-            request_hash(&send)
-        } else {
-            String::new()
-        };
+        let hash = idempotency_hash(&send.options, &send);
         if let Some(key) = &send.options.idempotency_key
             && let Some(record) =
                 crate::store::find_idempotency_key(&self.db, &sender.agency_id, "SendBatch", key)
@@ -509,22 +479,16 @@ impl NotificationsService {
             return self.get_batch(sender, &record.resource_id).await;
         }
         let mut violations = Vec::new();
-        let template = match self
+        let template = self
             .template_for(
                 sender,
                 "template_id",
                 &send.template_id,
                 send.template_version,
                 send.channel,
+                &mut violations,
             )
-            .await
-        {
-            Ok(t) => Some(t),
-            Err(v) => {
-                violations.push(v);
-                None
-            }
-        };
+            .await;
         let scheduled_time = check_schedule(send.options.scheduled_time, &mut violations);
         if send.channel == Channel::Sms {
             self.check_sender_id(sender, &send.sender_id, &mut violations);
@@ -867,8 +831,8 @@ impl NotificationsService {
         Ok(notification)
     }
 
-    /// The template to send, of the right channel; a violation of `field`
-    /// otherwise.
+    /// The template to send, of the right channel; otherwise `None`, with
+    /// a violation of `field` recorded.
     async fn template_for(
         &self,
         sender: &Sender,
@@ -876,23 +840,22 @@ impl NotificationsService {
         template_id: &str,
         version: Option<i32>,
         channel: Channel,
-    ) -> Result<Template, Violation> {
-        match self
+        violations: &mut Vec<Violation>,
+    ) -> Option<Template> {
+        let problem = match self
             .template_cache
             .get(&self.db, &sender.agency_id, template_id, version)
             .await
         {
-            Ok(t) if t.draft.channel == channel => Ok(t),
-            Ok(_) => Err((
-                field.to_owned(),
-                format!("is not an {} template", channel_noun(channel)),
-            )),
-            Err(NotificationsError::TemplateNotFound) => Err((
-                field.to_owned(),
-                "no such template (or version) in your agency".to_owned(),
-            )),
-            Err(_) => Err((field.to_owned(), "could not be read; try again".to_owned())),
-        }
+            Ok(t) if t.draft.channel == channel => return Some(t),
+            Ok(_) => format!("is not an {} template", channel_noun(channel)),
+            Err(NotificationsError::TemplateNotFound) => {
+                "no such template (or version) in your agency".to_owned()
+            }
+            Err(_) => "could not be read; try again".to_owned(),
+        };
+        violations.push((field.to_owned(), problem));
+        None
     }
 }
 
@@ -978,6 +941,16 @@ fn check_schedule(at: Option<i64>, violations: &mut Vec<Violation>) -> Option<i6
         ));
     }
     Some(at)
+}
+
+/// The request's digest when it carries an idempotency key (only then is
+/// it needed).
+fn idempotency_hash(options: &SendOptions, request: &impl std::fmt::Debug) -> String {
+    if options.idempotency_key.is_some() {
+        request_hash(request)
+    } else {
+        String::new()
+    }
 }
 
 /// A digest of a send request's content (the idempotency key included

@@ -715,36 +715,13 @@ pub async fn finish(
     detail: &str,
     now: i64,
 ) -> Result<bool, NotificationsError> {
-    let n = &claimed.notification;
-    let fallback = n.fallback.as_ref().filter(|_| status.triggers_fallback());
-    let fallback_id = fallback.map(|_| new_id(NOTIFICATION_ID_PREFIX));
-    on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE notifications SET status = $1, due_time = NULL, complete_time = $2, \
-             update_time = $2, failure_detail = $3, fallback_notification_id = $4 \
-             WHERE notification_id = $5 AND attempts = $6 AND status = 'sending'",
-        )
-        .bind(status.as_str())
-        .bind(now)
-        .bind(detail)
-        .bind(&fallback_id)
-        .bind(&n.notification_id)
-        .bind(claimed.attempt)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 0 {
-            return Ok(false);
-        }
-        record_event!(tx, &n.notification_id, &n.agency_id, n.environment.as_str(), status, now);
-        if let (Some(fb), Some(id)) = (fallback, &fallback_id) {
-            let sms = [fallback_sms(n, fb, id.clone(), now)];
-            insert_notifications!(tx, &sms);
-        }
-        tx.commit().await?;
-    });
-    Ok(true)
+    let item = Finish {
+        claimed,
+        status,
+        detail,
+    };
+    let current = finish_many(db, std::slice::from_ref(&item), now).await?;
+    Ok(current.first().copied().unwrap_or(false))
 }
 
 /// One attempt's end, for [`finish_many`].
@@ -754,7 +731,7 @@ pub struct Finish<'a> {
     pub detail: &'a str,
 }
 
-/// Ends many claimed attempts in one transaction, as [`finish`] ends one:
+/// Ends many claimed attempts in one transaction:
 /// one bulk UPDATE, one INSERT of events, one of callbacks, and the SMS
 /// fallbacks due. Returns, per item, whether its attempt was still current.
 pub async fn finish_many(
