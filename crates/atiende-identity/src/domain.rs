@@ -190,6 +190,8 @@ pub enum IdentityError {
     WrongCode,
     #[error("the redirect URI must be https (or http on localhost) without a fragment")]
     InvalidRedirectUri,
+    #[error("delivery: {0}")]
+    Delivery(String),
     #[error("storage: {0}")]
     Storage(#[from] sqlx::Error),
     #[error("a cryptographic operation failed")]
@@ -223,7 +225,9 @@ impl From<IdentityError> for ApiError {
                 ApiError::invalid("redirect_uri", error.to_string())
             }
             IdentityError::Storage(e) => ApiError::from(e),
-            IdentityError::Crypto | IdentityError::Keys(_) => ApiError::internal(error),
+            IdentityError::Crypto | IdentityError::Keys(_) | IdentityError::Delivery(_) => {
+                ApiError::internal(error)
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 //! sign-in page and userinfo. Errors follow RFC 6749 section 5.2.
 
 mod oidc;
+mod pages;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,14 +40,27 @@ pub fn router(service: Arc<IdentityService>, jwks_max_age_secs: u64) -> Router {
         .route(JWKS_PATH, get(jwks))
         .route(TOKEN_PATH, post(token))
         .route(
-            oidc::AUTHORIZE_PATH,
+            pages::AUTHORIZE_PATH,
             get(oidc::authorize).post(oidc::sign_in),
+        )
+        .route(
+            pages::REGISTER_PATH,
+            get(oidc::registration_page).post(oidc::register),
+        )
+        .route(pages::VERIFY_EMAIL_PATH, post(oidc::verify_email))
+        .route(pages::ENROL_PATH, post(oidc::enrol))
+        .route(pages::CONTINUE_PATH, post(oidc::continue_flow))
+        .route(pages::CONSENT_PATH, post(oidc::consent))
+        .route(
+            pages::LOGOUT_PATH,
+            get(oidc::logout_get).post(oidc::logout_post),
         )
         .route(
             oidc::USERINFO_PATH,
             get(oidc::userinfo).post(oidc::userinfo),
         )
         .route(oidc::REVOKE_PATH, post(oidc::revoke))
+        .route(oidc::INTROSPECT_PATH, post(oidc::introspect))
         .with_state(HttpState {
             service,
             jwks_max_age_secs,
@@ -58,7 +72,9 @@ async fn metadata(State(state): State<HttpState>) -> Response {
     let body = json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}{TOKEN_PATH}"),
-        "authorization_endpoint": format!("{issuer}{}", oidc::AUTHORIZE_PATH),
+        "authorization_endpoint": format!("{issuer}{}", pages::AUTHORIZE_PATH),
+        "end_session_endpoint": format!("{issuer}{}", pages::LOGOUT_PATH),
+        "introspection_endpoint": format!("{issuer}{}", oidc::INTROSPECT_PATH),
         "userinfo_endpoint": format!("{issuer}{}", oidc::USERINFO_PATH),
         "revocation_endpoint": format!("{issuer}{}", oidc::REVOKE_PATH),
         "jwks_uri": format!("{issuer}{JWKS_PATH}"),
@@ -75,7 +91,11 @@ async fn metadata(State(state): State<HttpState>) -> Response {
         "subject_types_supported": ["pairwise"],
         "id_token_signing_alg_values_supported": ["ES256"],
         "acr_values_supported": ["low", "substantial", "high"],
-        "claims_supported": ["sub", "acr", "amr", "auth_time", "nonce", "given_name",
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        "ui_locales_supported": ["es", "en"],
+        "claims_parameter_supported": false,
+        "request_parameter_supported": false,
+        "claims_supported": ["sub", "acr", "amr", "auth_time", "nonce", "sid", "given_name",
             "family_name", "national_id", "email", "email_verified", "phone_number"],
         "authorization_response_iss_parameter_supported": true,
     });

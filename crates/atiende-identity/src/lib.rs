@@ -113,6 +113,7 @@ impl Identity {
             audience: config.tokens.audience.clone(),
             token_ttl: config.tokens.access_token_ttl_ms,
             citizen_policy: config.citizens.clone(),
+            email_codes: std::sync::RwLock::new(Arc::new(service::email_codes::NoEmailCodes)),
         });
         spawn_refreshers(&db, &keys, &revocations, &config, shutdown);
         Ok(Self {
@@ -125,6 +126,16 @@ impl Identity {
     /// service's own keys, and its revocations.
     pub fn verifier(&self) -> Arc<TokenVerifier> {
         self.service.verifier.clone()
+    }
+
+    /// Sets how email verification codes are delivered (none by default:
+    /// registration from the login pages is then unavailable).
+    pub fn set_email_codes(&self, sender: Arc<dyn service::email_codes::EmailCodeSender>) {
+        *self
+            .service
+            .email_codes
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = sender;
     }
 
     pub fn service(&self) -> &Arc<IdentityService> {

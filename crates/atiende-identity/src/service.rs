@@ -21,6 +21,7 @@ use crate::revocation::Revocations;
 use crate::store;
 
 pub mod citizens;
+pub mod email_codes;
 pub mod oidc;
 
 /// An access token just issued.
@@ -199,6 +200,8 @@ pub struct IdentityService {
     pub(crate) audience: String,
     pub(crate) token_ttl: Duration,
     pub(crate) citizen_policy: crate::config::CitizenConfig,
+    /// How email verification codes reach citizens.
+    pub(crate) email_codes: RwLock<Arc<dyn email_codes::EmailCodeSender>>,
 }
 
 impl IdentityService {

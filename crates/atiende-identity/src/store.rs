@@ -44,6 +44,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "consent",
             include_str!("../migrations/sqlite/0006_consent.sql"),
         ),
+        (
+            7,
+            "sessions",
+            include_str!("../migrations/sqlite/0007_sessions.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -75,6 +80,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             6,
             "consent",
             include_str!("../migrations/postgres/0006_consent.sql"),
+        ),
+        (
+            7,
+            "sessions",
+            include_str!("../migrations/postgres/0007_sessions.sql"),
         ),
     ],
 };

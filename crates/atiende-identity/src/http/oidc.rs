@@ -1,12 +1,15 @@
-//! The OpenID Connect endpoints: `/oauth2/authorize` (the sign-in page,
-//! server-rendered, and its form), the `authorization_code` grant of the
-//! token endpoint, and `/oauth2/userinfo`.
+//! The OpenID Connect endpoints: `/oauth2/authorize` and the pages of the
+//! flow (sign in, registration and email code, TOTP enrolment, recovery
+//! codes, consent), the `authorization_code` and `refresh_token` grants of
+//! the token endpoint, userinfo, revocation, introspection and
+//! RP-initiated logout.
 //!
-//! The form is protected by a double-submit CSRF token (a cookie and a
+//! Every form is protected by a double-submit CSRF token (a cookie and a
 //! hidden field, both matching the digest kept with the request). The
-//! citizen's address for the per-source lockout is the first
-//! `X-Forwarded-For` entry, which the ingress must set; without one only
-//! the account is throttled.
+//! single sign-on session is an HttpOnly cookie (its digest is kept). Over
+//! https both cookies carry the `__Host-` prefix (Secure, Path=/, no
+//! Domain). The citizen's address for the per-source lockout is the last
+//! `X-Forwarded-For` entry (the one the nearest proxy wrote).
 
 use std::collections::HashMap;
 
@@ -16,43 +19,56 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 
+use super::pages::{self, LOGOUT_PATH, escape, page_error_text, texts};
 use super::{HttpState, OAuthError, no_store};
+use crate::domain::oidc::random_token;
 use crate::service::oidc::{
-    AuthorizeError, AuthorizeParams, PendingSignIn, SignInForm, SignInStep, TokenError,
+    Answer, AuthorizeError, AuthorizeParams, FormContext, Locale, LogoutError, LogoutRequest,
+    PageError, RegistrationForm, SessionCookie, SignInForm, Step, TokenError,
 };
 
-pub const AUTHORIZE_PATH: &str = "/oauth2/authorize";
 pub const USERINFO_PATH: &str = "/oauth2/userinfo";
-const CSRF_COOKIE: &str = "atiende_oidc_csrf";
+pub const REVOKE_PATH: &str = "/oauth2/revoke";
+pub const INTROSPECT_PATH: &str = "/oauth2/introspect";
 
-fn escape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for c in raw.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            other => out.push(other),
-        }
-    }
-    out
+/// Cookie names: `__Host-` prefixed over https.
+struct Cookies {
+    csrf: &'static str,
+    session: &'static str,
+    secure: bool,
 }
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"es\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · Atiende</title></head><body><main><h1>{title}</h1>{body}</main></body></html>",
-        title = escape(title)
-    );
-    let mut response = (status, no_store(), Html(html)).into_response();
+fn cookies(state: &HttpState) -> Cookies {
+    if state.service.issuer.starts_with("https://") {
+        Cookies {
+            csrf: "__Host-atiende_csrf",
+            session: "__Host-atiende_session",
+            secure: true,
+        }
+    } else {
+        Cookies {
+            csrf: "atiende_csrf",
+            session: "atiende_session",
+            secure: false,
+        }
+    }
+}
+
+fn html(status: StatusCode, locale: Locale, title: &str, body: &str) -> Response {
+    let mut response = (
+        status,
+        no_store(),
+        Html(pages::document(locale, title, body)),
+    )
+        .into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            // No form-action: browsers apply it to the redirect that
+            // follows a form, which goes to the client's site.
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; \
+             base-uri 'none'",
         ),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -63,74 +79,55 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     response
 }
 
-fn sign_in_page(
-    request_id: &str,
-    csrf_token: &str,
-    client_name: &str,
-    message: Option<&str>,
-    second_factor: bool,
-) -> String {
-    let alert = message
-        .map(|m| format!("<p role=\"alert\">{}</p>", escape(m)))
-        .unwrap_or_default();
-    let code_field = if second_factor {
-        "<p><label for=\"second_factor\">Código de verificación</label>\
-         <input id=\"second_factor\" name=\"second_factor\" autocomplete=\"one-time-code\" \
-         inputmode=\"numeric\" required></p>"
-    } else {
-        ""
-    };
-    format!(
-        "<p>Para continuar en <strong>{client}</strong>, ingrese con su RUN.</p>{alert}\
-         <form method=\"post\" action=\"{AUTHORIZE_PATH}\">\
-         <input type=\"hidden\" name=\"request_id\" value=\"{request}\">\
-         <input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
-         <p><label for=\"national_id\">RUN</label>\
-         <input id=\"national_id\" name=\"national_id\" autocomplete=\"username\" required \
-         placeholder=\"12.345.678-5\"></p>\
-         <p><label for=\"password\">Contraseña</label>\
-         <input id=\"password\" name=\"password\" type=\"password\" \
-         autocomplete=\"current-password\" required></p>{code_field}\
-         <p><button type=\"submit\">Ingresar</button></p></form>",
-        client = escape(client_name),
-        request = escape(request_id),
-        csrf = escape(csrf_token),
-    )
-}
-
-fn with_csrf_cookie(mut response: Response, token: &str, secure: bool) -> Response {
+fn set_cookie(
+    response: &mut Response,
+    name: &str,
+    value: &str,
+    max_age: Option<u32>,
+    secure: bool,
+) {
     let cookie = format!(
-        "{CSRF_COOKIE}={token}; Path={AUTHORIZE_PATH}; HttpOnly; SameSite=Lax; Max-Age=600{}",
+        "{name}={value}; Path=/; HttpOnly; SameSite=Lax{}{}",
+        max_age
+            .map(|s| format!("; Max-Age={s}"))
+            .unwrap_or_default(),
         if secure { "; Secure" } else { "" }
     );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
-    response
 }
 
-fn see_other(location: &str) -> Response {
+fn see_other(location: &str, locale: Locale) -> Response {
     match HeaderValue::from_str(location) {
         Ok(value) => {
             let mut response = (StatusCode::SEE_OTHER, no_store()).into_response();
             response.headers_mut().insert(header::LOCATION, value);
             response
         }
-        Err(_) => error_page("La dirección de retorno no es válida."),
+        Err(_) => error_page(PageError::InvalidReturn, locale),
     }
 }
 
-fn error_page(message: &str) -> Response {
-    page(
-        StatusCode::BAD_REQUEST,
-        "No se puede continuar",
-        &format!("<p role=\"alert\">{}</p>", escape(message)),
+fn error_page(error: PageError, locale: Locale) -> Response {
+    let status = match error {
+        PageError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    html(
+        status,
+        locale,
+        texts(locale).error_title,
+        &format!(
+            "<p role=\"alert\">{}</p>",
+            escape(page_error_text(locale, error))
+        ),
     )
 }
 
-fn authorize_error(error: AuthorizeError) -> Response {
+fn authorize_error(error: AuthorizeError, locale: Locale) -> Response {
     match error {
-        AuthorizeError::Page(message) => error_page(message),
+        AuthorizeError::Page(error, locale) => error_page(error, locale),
         AuthorizeError::Redirect {
             redirect_uri,
             error,
@@ -142,15 +139,57 @@ fn authorize_error(error: AuthorizeError) -> Response {
                     .append_pair("error", error)
                     .append_pair("error_description", description)
                     .append_pair("state", &state);
-                see_other(url.as_str())
+                see_other(url.as_str(), locale)
             }
-            Err(_) => error_page("La dirección de retorno no es válida."),
+            Err(_) => error_page(PageError::InvalidReturn, locale),
         },
     }
 }
 
+/// Renders an answer: a page (with the CSRF cookie) or a redirect, and
+/// the session cookie it sets or clears.
+fn respond(
+    state: &HttpState,
+    answer: Result<Answer, AuthorizeError>,
+    form: &HashMap<String, String>,
+    locale: Locale,
+) -> Response {
+    let names = cookies(state);
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) => return authorize_error(error, locale),
+    };
+    let mut response = match answer.step {
+        Step::Redirect(location) => see_other(&location, locale),
+        Step::Show(page) => {
+            let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+            let (title, body) = pages::render(&page, &field);
+            let mut response = html(StatusCode::OK, page.locale, &title, &body);
+            set_cookie(
+                &mut response,
+                names.csrf,
+                &page.csrf_token,
+                Some(600),
+                names.secure,
+            );
+            response
+        }
+    };
+    match answer.session {
+        SessionCookie::Keep => {}
+        SessionCookie::Set(token) => {
+            set_cookie(&mut response, names.session, &token, None, names.secure);
+        }
+        SessionCookie::Clear => {
+            set_cookie(&mut response, names.session, "", Some(0), names.secure);
+        }
+    }
+    response
+}
+
 pub(super) async fn authorize(
     State(state): State<HttpState>,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let param = |name: &str| query.get(name).cloned();
@@ -163,23 +202,18 @@ pub(super) async fn authorize(
         nonce: param("nonce"),
         code_challenge: param("code_challenge"),
         code_challenge_method: param("code_challenge_method"),
+        prompt: param("prompt"),
+        max_age: param("max_age"),
+        acr_values: param("acr_values"),
+        ui_locales: param("ui_locales"),
     };
-    match state.service.begin_authorization(params).await {
-        Ok(PendingSignIn {
-            request_id,
-            csrf_token,
-            client_name,
-        }) => {
-            let body = sign_in_page(&request_id, &csrf_token, &client_name, None, false);
-            let response = page(StatusCode::OK, "Ingresar con Atiende", &body);
-            with_csrf_cookie(
-                response,
-                &csrf_token,
-                state.service.issuer.starts_with("https://"),
-            )
-        }
-        Err(error) => authorize_error(error),
-    }
+    let locale = Locale::from_ui_locales(params.ui_locales.as_deref());
+    let session = cookie(&headers, cookies(&state).session);
+    let answer = state
+        .service
+        .begin_authorization(params, &session, now_micros())
+        .await;
+    respond(&state, answer, &HashMap::new(), locale)
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> String {
@@ -206,85 +240,274 @@ fn forwarded_source(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+/// A posted form of the flow, with its request, CSRF token and cookies.
+struct Posted {
+    form: HashMap<String, String>,
+    csrf_cookie: String,
+    session_cookie: String,
+    locale: Locale,
+}
+
+impl Posted {
+    fn new(state: &HttpState, headers: &HeaderMap, form: HashMap<String, String>) -> Self {
+        let names = cookies(state);
+        let locale = Locale::parse(form.get("locale").map(String::as_str).unwrap_or_default());
+        Self {
+            csrf_cookie: cookie(headers, names.csrf),
+            session_cookie: cookie(headers, names.session),
+            form,
+            locale,
+        }
+    }
+
+    fn field(&self, name: &str) -> &str {
+        self.form.get(name).map(String::as_str).unwrap_or_default()
+    }
+
+    fn context(&self) -> FormContext<'_> {
+        FormContext {
+            request_id: self.field("request_id"),
+            csrf_form: self.field("csrf_token"),
+            csrf_cookie: &self.csrf_cookie,
+            session_cookie: &self.session_cookie,
+            locale: self.locale,
+        }
+    }
+}
+
 pub(super) async fn sign_in(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    let csrf_cookie = cookie(&headers, CSRF_COOKIE);
-    // The consent page posts here too (the CSRF cookie's path), with its
-    // decision.
-    if let Some(decision) = form.get("decision") {
-        let decided = state
-            .service
-            .decide_consent(
-                field("request_id"),
-                field("csrf_token"),
-                &csrf_cookie,
-                decision == "allow",
-                now_micros(),
-            )
-            .await;
-        return match decided {
-            Ok(location) => see_other(&location),
-            Err(error) => authorize_error(error),
-        };
-    }
+    let posted = Posted::new(&state, &headers, form);
     let source = forwarded_source(&headers);
-    let step = state
+    let answer = state
         .service
         .complete_sign_in(
+            posted.context(),
             SignInForm {
-                request_id: field("request_id"),
-                csrf_form: field("csrf_token"),
-                csrf_cookie: &csrf_cookie,
-                national_id: field("national_id"),
-                password: field("password"),
-                second_factor: form.get("second_factor").map(String::as_str),
+                national_id: posted.field("national_id"),
+                password: posted.field("password"),
+                second_factor: posted.form.get("second_factor").map(String::as_str),
                 source: &source,
             },
             now_micros(),
         )
         .await;
-    match step {
-        Ok(SignInStep::Consent {
-            client_name,
-            attributes,
-        }) => {
-            let items: String = attributes
-                .iter()
-                .map(|a| format!("<li>{}</li>", escape(a)))
-                .collect();
-            let body = format!(
-                "<p><strong>{client}</strong> solicita acceso a:</p><ul>{items}</ul>\
-                 <form method=\"post\" action=\"{AUTHORIZE_PATH}\">\
-                 <input type=\"hidden\" name=\"request_id\" value=\"{request}\">\
-                 <input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
-                 <p><button type=\"submit\" name=\"decision\" value=\"allow\">Autorizar</button> \
-                 <button type=\"submit\" name=\"decision\" value=\"deny\">Cancelar</button></p></form>",
-                client = escape(&client_name),
-                request = escape(field("request_id")),
-                csrf = escape(field("csrf_token")),
+    // The RUN typed is kept in the form; nothing else is echoed.
+    let mut echo = HashMap::new();
+    echo.insert(
+        "national_id".to_owned(),
+        posted.field("national_id").to_owned(),
+    );
+    respond(&state, answer, &echo, posted.locale)
+}
+
+pub(super) async fn registration_page(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let locale = Locale::parse(query.get("locale").map(String::as_str).unwrap_or_default());
+    let csrf = cookie(&headers, cookies(&state).csrf);
+    let request_id = query
+        .get("request_id")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let page = state
+        .service
+        .registration_page(request_id, &csrf, locale, now_micros())
+        .await
+        .map(|page| Answer {
+            step: Step::Show(Box::new(page)),
+            session: SessionCookie::Keep,
+        });
+    respond(&state, page, &HashMap::new(), locale)
+}
+
+pub(super) async fn register(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let posted = Posted::new(&state, &headers, form);
+    let answer = state
+        .service
+        .register_from_page(
+            posted.context(),
+            RegistrationForm {
+                national_id: posted.field("national_id"),
+                given_names: posted.field("given_names"),
+                family_names: posted.field("family_names"),
+                email: posted.field("email"),
+                phone: posted.field("phone"),
+                password: posted.field("password"),
+            },
+            now_micros(),
+        )
+        .await;
+    let mut echo = posted.form.clone();
+    echo.remove("password");
+    respond(&state, answer, &echo, posted.locale)
+}
+
+pub(super) async fn verify_email(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let posted = Posted::new(&state, &headers, form);
+    let answer = state
+        .service
+        .verify_email_from_page(posted.context(), posted.field("email_code"), now_micros())
+        .await;
+    respond(&state, answer, &HashMap::new(), posted.locale)
+}
+
+pub(super) async fn enrol(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let posted = Posted::new(&state, &headers, form);
+    let answer = state
+        .service
+        .enrol_from_page(posted.context(), posted.field("totp_code"), now_micros())
+        .await;
+    respond(&state, answer, &HashMap::new(), posted.locale)
+}
+
+pub(super) async fn continue_flow(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let posted = Posted::new(&state, &headers, form);
+    let answer = state
+        .service
+        .continue_from_page(posted.context(), now_micros())
+        .await;
+    respond(&state, answer, &HashMap::new(), posted.locale)
+}
+
+pub(super) async fn consent(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let posted = Posted::new(&state, &headers, form);
+    let allow = posted.field("decision") == "allow";
+    let answer = state
+        .service
+        .decide_consent(posted.context(), allow, now_micros())
+        .await;
+    respond(&state, answer, &HashMap::new(), posted.locale)
+}
+
+/// RP-initiated logout by GET (the parameters in the query).
+pub(super) async fn logout_get(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    logout(&state, &headers, &query).await
+}
+
+/// RP-initiated logout by POST (also the confirmation form).
+pub(super) async fn logout_post(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    logout(&state, &headers, &form).await
+}
+
+async fn logout(
+    state: &HttpState,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Response {
+    let names = cookies(state);
+    let field = |name: &str| params.get(name).map(String::as_str).unwrap_or_default();
+    let locale = Locale::from_ui_locales(Some(field("ui_locales")));
+    let t = texts(locale);
+    // The confirmation is a double-submit form: its token must equal the
+    // cookie the confirmation page set.
+    let csrf_cookie = cookie(headers, names.csrf);
+    let confirmed = field("confirm") == "yes"
+        && !csrf_cookie.is_empty()
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            field("csrf_token").as_bytes(),
+            csrf_cookie.as_bytes(),
+        ));
+    let session = cookie(headers, names.session);
+    let outcome = state
+        .service
+        .end_session(
+            LogoutRequest {
+                id_token_hint: field("id_token_hint"),
+                client_id: field("client_id"),
+                post_logout_redirect_uri: field("post_logout_redirect_uri"),
+                state: field("state"),
+                session_cookie: &session,
+                confirmed,
+            },
+            now_micros(),
+        )
+        .await;
+    let mut response = match outcome {
+        Ok(done) => match done.redirect {
+            Some(location) => see_other(&location, locale),
+            None => html(
+                StatusCode::OK,
+                locale,
+                t.logout_title,
+                &format!("<p>{}</p>", t.logged_out),
+            ),
+        },
+        Err(LogoutError::ConfirmationNeeded) => {
+            let Ok(token) = random_token() else {
+                return error_page(PageError::Unavailable, locale);
+            };
+            let keep: String = [
+                "client_id",
+                "post_logout_redirect_uri",
+                "state",
+                "ui_locales",
+            ]
+            .iter()
+            .map(|name| {
+                format!(
+                    "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+                    escape(field(name))
+                )
+            })
+            .collect();
+            let mut response = html(
+                StatusCode::OK,
+                locale,
+                t.logout_title,
+                &format!(
+                    "<p>{confirm}</p><form method=\"post\" action=\"{LOGOUT_PATH}\">{keep}\
+                     <input type=\"hidden\" name=\"csrf_token\" value=\"{token}\">\
+                     <input type=\"hidden\" name=\"confirm\" value=\"yes\">\
+                     <p><button type=\"submit\">{button}</button></p></form>",
+                    confirm = t.logout_confirm,
+                    token = escape(&token),
+                    button = t.logout_button,
+                ),
             );
-            page(StatusCode::OK, "Autorizar el acceso", &body)
+            set_cookie(&mut response, names.csrf, &token, Some(600), names.secure);
+            return response;
         }
-        Ok(SignInStep::Retry {
-            message,
-            second_factor,
-            client_name,
-        }) => {
-            let body = sign_in_page(
-                field("request_id"),
-                field("csrf_token"),
-                &client_name,
-                Some(message),
-                second_factor,
-            );
-            page(StatusCode::OK, "Ingresar con Atiende", &body)
+        Err(LogoutError::InvalidHint | LogoutError::UnregisteredRedirect) => {
+            return error_page(PageError::InvalidReturn, locale);
         }
-        Err(error) => authorize_error(error),
-    }
+        Err(LogoutError::Unavailable) => return error_page(PageError::Unavailable, locale),
+    };
+    set_cookie(&mut response, names.session, "", Some(0), names.secure);
+    response
 }
 
 /// The `authorization_code` grant, once the client has been identified.
@@ -378,8 +601,6 @@ pub(super) async fn refresh(
     Ok(token_response(tokens))
 }
 
-pub const REVOKE_PATH: &str = "/oauth2/revoke";
-
 /// RFC 7009: revokes one of the client's citizen tokens; 200 whether or
 /// not there was such a token.
 pub(super) async fn revoke(
@@ -387,17 +608,8 @@ pub(super) async fn revoke(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let invalid_client = || OAuthError {
-        status: StatusCode::UNAUTHORIZED,
-        code: "invalid_client",
-        description: "client authentication failed",
-        basic_challenge: true,
-    };
-    let posted = form.get("client_id").zip(form.get("client_secret"));
-    let (client_id, client_secret) = match (super::basic_credentials(&headers), posted) {
-        (Some(Ok(credentials)), None) => credentials,
-        (None, Some((id, secret))) => (id.clone(), secret.clone()),
-        _ => return invalid_client().into_response(),
+    let Some((client_id, client_secret)) = client_credentials(&headers, &form) else {
+        return invalid_client().into_response();
     };
     let token = form.get("token").map(String::as_str).unwrap_or("");
     match state
@@ -406,6 +618,48 @@ pub(super) async fn revoke(
         .await
     {
         Ok(()) => (StatusCode::OK, no_store()).into_response(),
+        Err(error) => token_error(error, invalid_client()).into_response(),
+    }
+}
+
+fn invalid_client() -> OAuthError {
+    OAuthError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "invalid_client",
+        description: "client authentication failed",
+        basic_challenge: true,
+    }
+}
+
+/// `client_secret_basic` or `client_secret_post`, not both.
+fn client_credentials(
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Option<(String, String)> {
+    let posted = form.get("client_id").zip(form.get("client_secret"));
+    match (super::basic_credentials(headers), posted) {
+        (Some(Ok(credentials)), None) => Some(credentials),
+        (None, Some((id, secret))) => Some((id.clone(), secret.clone())),
+        _ => None,
+    }
+}
+
+/// RFC 7662 introspection of the client's own citizen tokens.
+pub(super) async fn introspect(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let Some((client_id, client_secret)) = client_credentials(&headers, &form) else {
+        return invalid_client().into_response();
+    };
+    let token = form.get("token").map(String::as_str).unwrap_or("");
+    match state
+        .service
+        .introspect_citizen_token(&client_id, &client_secret, token)
+        .await
+    {
+        Ok(body) => (StatusCode::OK, no_store(), axum::Json(body)).into_response(),
         Err(error) => token_error(error, invalid_client()).into_response(),
     }
 }

@@ -147,6 +147,26 @@ fn throttle_key(kind: &str, parts: &[&str]) -> String {
     hex(ctx.finish().as_ref())
 }
 
+/// How long an email verification code works.
+const EMAIL_CODE_TTL_MICROS: i64 = 15 * 60 * 1_000_000;
+
+/// Six random digits.
+fn email_code() -> Result<String, IdentityError> {
+    let mut bytes = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| IdentityError::Crypto)?;
+    Ok(format!("{:06}", u32::from_le_bytes(bytes) % 1_000_000))
+}
+
+/// The digest kept for an email code, bound to its citizen.
+pub fn email_code_hash(citizen_id: &str, code: &str) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"email-code\0");
+    ctx.update(citizen_id.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(code.as_bytes());
+    hex(ctx.finish().as_ref())
+}
+
 fn totp_context(citizen_id: &str) -> String {
     format!("totp:{citizen_id}")
 }
@@ -159,14 +179,60 @@ impl IdentityService {
         caller: &Caller,
         new: NewCitizen,
     ) -> Result<CitizenView, IdentityError> {
+        let citizen = self
+            .insert_new_citizen(
+                caller.environment,
+                &caller.agency_id,
+                &caller.client_id,
+                "agency",
+                new,
+                now_micros(),
+            )
+            .await?;
+        Ok(CitizenView {
+            citizen,
+            contact_visible: true,
+        })
+    }
+
+    /// Self-registration on the login pages of a client: the citizen is
+    /// registered in the client's environment, by the client's agency
+    /// (whose sign-in the citizen came from). Returns the citizen id.
+    pub async fn register_self(
+        &self,
+        client: &crate::domain::Client,
+        new: NewCitizen,
+        now: i64,
+    ) -> Result<String, IdentityError> {
+        let citizen = self
+            .insert_new_citizen(
+                client.environment,
+                &client.agency_id,
+                &client.client_id,
+                "self",
+                new,
+                now,
+            )
+            .await?;
+        Ok(citizen.citizen_id)
+    }
+
+    async fn insert_new_citizen(
+        &self,
+        environment: Environment,
+        agency_id: &str,
+        client_id: &str,
+        via: &str,
+        new: NewCitizen,
+        now: i64,
+    ) -> Result<Citizen, IdentityError> {
         let password_hash = match new.password {
             Some(password) => Some(blocking(move || hash_password(password.expose())).await??),
             None => None,
         };
-        let now = now_micros();
         let citizen = Citizen {
             citizen_id: new_id(CITIZEN_ID_PREFIX),
-            environment: caller.environment,
+            environment,
             national_id: new.national_id,
             given_names: new.given_names,
             family_names: new.family_names,
@@ -176,28 +242,84 @@ impl IdentityService {
             assurance_level: AssuranceLevel::Low,
             proofing: None,
             state: CitizenState::Active,
-            registered_by: caller.agency_id.clone(),
+            registered_by: agency_id.to_owned(),
             has_password: password_hash.is_some(),
             has_second_factor: false,
             create_time: now,
         };
         let event = audit(
             AuditEventType::Registration,
-            caller.environment,
+            environment,
             Some(&citizen.citizen_id),
-            Some(&caller.agency_id),
+            Some(agency_id),
             &[
-                ("client_id", &caller.client_id),
+                ("client_id", client_id),
                 ("scheme", citizen.national_id.scheme().as_str()),
+                ("via", via),
             ],
             now,
         );
         store::insert_citizen(&self.db, &citizen, password_hash.as_ref(), event).await?;
-        tracing::info!(citizen_id = %citizen.citizen_id, agency_id = %caller.agency_id, "citizen registered");
-        Ok(CitizenView {
-            citizen,
-            contact_visible: true,
-        })
+        tracing::info!(citizen_id = %citizen.citizen_id, agency_id, via, "citizen registered");
+        Ok(citizen)
+    }
+
+    /// A new 6-digit code for the citizen's email address, kept as a
+    /// digest and sent through the configured sender.
+    pub async fn send_email_code(
+        &self,
+        citizen_id: &str,
+        email: &EmailAddress,
+        locale: crate::service::oidc::Locale,
+        now: i64,
+    ) -> Result<(), IdentityError> {
+        let code = email_code()?;
+        crate::store::oidc::put_email_code(
+            &self.db,
+            citizen_id,
+            &email_code_hash(citizen_id, &code),
+            now.saturating_add(EMAIL_CODE_TTL_MICROS),
+        )
+        .await?;
+        let sender = self
+            .email_codes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        sender
+            .send(crate::service::email_codes::EmailCode {
+                to: email,
+                code: &code,
+                locale,
+            })
+            .await
+            .map_err(IdentityError::Delivery)
+    }
+
+    /// The TOTP enrolment the pages show: the pending one if the citizen
+    /// already started (so a mistyped first code can be typed again from
+    /// the same app entry), or a new one.
+    pub async fn totp_enrolment_for_page(
+        &self,
+        environment: Environment,
+        citizen_id: &str,
+    ) -> Result<TotpEnrolment, IdentityError> {
+        let found = store::get_citizen(&self.db, environment, citizen_id)
+            .await?
+            .ok_or(IdentityError::CitizenNotFound)?;
+        match (&found.totp_sealed, found.citizen.has_second_factor) {
+            (Some(sealed), false) => {
+                let secret = TotpSecret::from_bytes(
+                    self.keys.open_secret(&totp_context(citizen_id), sealed)?,
+                );
+                Ok(TotpEnrolment {
+                    secret_base32: secret.base32(),
+                    otpauth_uri: secret
+                        .otpauth_uri(&self.citizen_policy.totp_issuer, &found.citizen.citizen_id),
+                })
+            }
+            _ => self.begin_totp_enrolment(environment, citizen_id).await,
+        }
     }
 
     pub async fn get_citizen(

@@ -12,18 +12,24 @@ use atiende_platform::auth::Environment;
 use atiende_platform::ids::parse_id;
 use atiende_platform::storage::now_micros;
 
+use secrecy::SecretString;
+
 use super::IdentityService;
-use super::citizens::{PasswordAttempt, SignInOutcome};
+use super::citizens::{NewCitizen, PasswordAttempt, SignInOutcome, email_code_hash};
 use crate::domain::audit::AuditEventType;
-use crate::domain::citizen::{AssuranceLevel, CitizenState};
+use crate::domain::citizen::{AssuranceLevel, CitizenState, EmailAddress, PersonName, PhoneNumber};
 use crate::domain::national_id::{NationalId, NationalIdScheme};
 use crate::domain::oidc::{
     is_s256_challenge, pairwise_subject, parse_redirect_uri, pkce_s256_matches, random_token,
     token_hash,
 };
+use crate::domain::password::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, Password};
+use crate::domain::totp::RecoveryCode;
 use crate::domain::{CLIENT_ID_PREFIX, Client, ClientState, IdentityError};
 use crate::store;
-use crate::store::oidc::{AuthorizationCodeRow, AuthorizationRequestRow, CitizenAccessTokenRow};
+use crate::store::oidc::{
+    AuthorizationCodeRow, AuthorizationRequestRow, CitizenAccessTokenRow, SessionRow,
+};
 
 const REQUEST_TTL_MICROS: i64 = 10 * 60 * 1_000_000;
 const CODE_TTL_MICROS: i64 = 60 * 1_000_000;
@@ -34,6 +40,12 @@ pub const KEEP_CODES_MICROS: i64 = TOKEN_TTL_SECONDS * 1_000_000;
 /// A refresh-token family lasts this long from its code, however often it
 /// is refreshed.
 const REFRESH_LIFETIME_MICROS: i64 = 12 * 3600 * 1_000_000;
+
+/// How long a sign-on session lasts without use, and at most.
+const SESSION_IDLE_MICROS: i64 = 30 * 60 * 1_000_000;
+const SESSION_MAX_MICROS: i64 = 8 * 3600 * 1_000_000;
+/// Tries of an email verification code.
+const EMAIL_CODE_ATTEMPTS: i64 = 5;
 
 /// The parameters of `/authorize`, as received.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +58,55 @@ pub struct AuthorizeParams {
     pub nonce: Option<String>,
     pub code_challenge: Option<String>,
     pub code_challenge_method: Option<String>,
+    pub prompt: Option<String>,
+    pub max_age: Option<String>,
+    pub acr_values: Option<String>,
+    pub ui_locales: Option<String>,
+}
+
+/// The language of the pages: Spanish, or English when `ui_locales` asks
+/// for it first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Locale {
+    #[default]
+    Es,
+    En,
+}
+
+impl Locale {
+    /// The first supported tag of a `ui_locales` list (`en-GB` is `en`).
+    pub fn from_ui_locales(raw: Option<&str>) -> Self {
+        raw.unwrap_or_default()
+            .split(' ')
+            .find_map(|tag| match tag.split('-').next().unwrap_or_default() {
+                t if t.eq_ignore_ascii_case("es") => Some(Self::Es),
+                t if t.eq_ignore_ascii_case("en") => Some(Self::En),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn parse(raw: &str) -> Self {
+        if raw == "en" { Self::En } else { Self::Es }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Es => "es",
+            Self::En => "en",
+        }
+    }
+}
+
+/// Why the browser cannot be sent back to the client: shown on a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageError {
+    UnknownClient,
+    UnregisteredRedirect,
+    /// The request expired, was answered, or its CSRF token is wrong.
+    Expired,
+    Unavailable,
+    InvalidReturn,
 }
 
 /// Why an authorization cannot go on.
@@ -53,7 +114,7 @@ pub struct AuthorizeParams {
 pub enum AuthorizeError {
     /// Shown on a page: the client or the redirect URI cannot be trusted,
     /// so the browser is not sent anywhere (RFC 6749 4.1.2.1).
-    Page(&'static str),
+    Page(PageError, Locale),
     /// Sent back to the client's registered redirect URI.
     Redirect {
         redirect_uri: String,
@@ -63,41 +124,141 @@ pub enum AuthorizeError {
     },
 }
 
-/// A request waiting for the citizen: the page shows the sign-in form.
-#[derive(Debug, Clone)]
-pub struct PendingSignIn {
+/// A message on a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    WrongCredentials,
+    SecondFactorNeeded,
+    /// The agency asks for a second factor that this session lacks.
+    StepUp,
+    LockedOut,
+    WrongCode,
+    EmailCodeSent,
+}
+
+/// What a consent page lists, by scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attribute {
+    Subject,
+    Profile,
+    Email,
+    Phone,
+    OfflineAccess,
+}
+
+/// A registration form field, for errors tied to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationField {
+    NationalId,
+    GivenNames,
+    FamilyNames,
+    Email,
+    Phone,
+    Password,
+}
+
+/// What is wrong with a registration field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldProblem {
+    Invalid,
+    PasswordTooShort,
+    PasswordTooLong,
+    PasswordCommon,
+}
+
+/// The page the citizen sees next.
+pub enum Screen {
+    /// RUN and password; `second_factor` adds the code field.
+    SignIn {
+        second_factor: bool,
+    },
+    Register {
+        problems: Vec<(RegistrationField, FieldProblem)>,
+    },
+    VerifyEmail,
+    /// A new TOTP secret to scan (the URI) or type (base32).
+    EnrolTotp {
+        secret_base32: SecretString,
+        otpauth_uri: SecretString,
+    },
+    /// Shown once, after enrolment.
+    RecoveryCodes {
+        codes: Vec<RecoveryCode>,
+    },
+    Consent {
+        attributes: Vec<Attribute>,
+    },
+}
+
+/// A page of one authorization request.
+pub struct Page {
     pub request_id: String,
-    /// Goes into the form and a cookie (double submit).
+    /// Goes into every form and a cookie (double submit).
     pub csrf_token: String,
     pub client_name: String,
+    pub locale: Locale,
+    pub screen: Screen,
+    pub notice: Option<Notice>,
 }
 
-/// What the sign-in form leads to.
+/// What an authorization step leads to.
+pub enum Step {
+    Show(Box<Page>),
+    /// Back to the client, with a code or an error.
+    Redirect(String),
+}
+
+/// What to do with the session cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SignInStep {
-    /// Signed in: the citizen is asked whether the client may have these
-    /// attributes.
-    Consent {
-        client_name: String,
-        attributes: Vec<&'static str>,
-    },
-    /// The form again, with a message; `second_factor` asks for a code.
-    Retry {
-        message: &'static str,
-        second_factor: bool,
-        client_name: String,
-    },
+pub enum SessionCookie {
+    Keep,
+    /// A new session: set the cookie to this token.
+    Set(String),
+    Clear,
 }
 
-/// The form as submitted.
+/// A step and the session cookie that goes with it.
+pub struct Answer {
+    pub step: Step,
+    pub session: SessionCookie,
+}
+
+impl Answer {
+    fn keep(step: Step) -> Self {
+        Self {
+            step,
+            session: SessionCookie::Keep,
+        }
+    }
+}
+
+/// The sign-in form as submitted.
 pub struct SignInForm<'a> {
-    pub request_id: &'a str,
-    pub csrf_form: &'a str,
-    pub csrf_cookie: &'a str,
     pub national_id: &'a str,
     pub password: &'a str,
     pub second_factor: Option<&'a str>,
     pub source: &'a str,
+}
+
+/// The registration form as submitted.
+pub struct RegistrationForm<'a> {
+    pub national_id: &'a str,
+    pub given_names: &'a str,
+    pub family_names: &'a str,
+    pub email: &'a str,
+    pub phone: &'a str,
+    pub password: &'a str,
+}
+
+/// What every form of a pending request carries.
+pub struct FormContext<'a> {
+    pub request_id: &'a str,
+    pub csrf_form: &'a str,
+    pub csrf_cookie: &'a str,
+    /// The session cookie, empty when there is none.
+    pub session_cookie: &'a str,
+    /// The page language the form was shown in.
+    pub locale: Locale,
 }
 
 /// RFC 6749 token errors of the code exchange.
@@ -120,6 +281,41 @@ pub struct TokenSet {
     pub scope: String,
 }
 
+/// An RP-initiated logout request.
+pub struct LogoutRequest<'a> {
+    pub id_token_hint: &'a str,
+    pub client_id: &'a str,
+    pub post_logout_redirect_uri: &'a str,
+    pub state: &'a str,
+    pub session_cookie: &'a str,
+    /// The citizen confirmed on Atiende's page.
+    pub confirmed: bool,
+}
+
+/// Why a logout cannot be done as asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutError {
+    /// Not an ID token of this provider, or not for `client_id`.
+    InvalidHint,
+    /// Not registered for the client (or no client named).
+    UnregisteredRedirect,
+    /// Without a hint, the citizen confirms on a page first.
+    ConfirmationNeeded,
+    Unavailable,
+}
+
+struct IdTokenHint {
+    aud: String,
+}
+
+/// What a logout request resolves to.
+pub struct Logout {
+    /// Where to send the browser (a registered URI with `state`), if given.
+    pub redirect: Option<String>,
+    /// Whether a session was ended.
+    pub ended: bool,
+}
+
 fn redirect_error(
     redirect_uri: &str,
     state: &str,
@@ -134,76 +330,203 @@ fn redirect_error(
     }
 }
 
-const WRONG: &str = "El RUN o la contraseña no son correctos.";
+/// The least level the client asks for: the lowest known value of
+/// `acr_values` (a list of acceptable levels); `low` when none is known.
+fn required_level(acr_values: Option<&str>) -> AssuranceLevel {
+    acr_values
+        .unwrap_or_default()
+        .split(' ')
+        .filter_map(AssuranceLevel::parse)
+        .min_by_key(|level| level_rank(*level))
+        .unwrap_or(AssuranceLevel::Low)
+}
+
+fn level_rank(level: AssuranceLevel) -> u8 {
+    match level {
+        AssuranceLevel::Low => 0,
+        AssuranceLevel::Substantial => 1,
+        AssuranceLevel::High => 2,
+    }
+}
+
+/// `prompt` (OpenID Connect Core 3.1.2.1): `none` alone, or any of
+/// `login`, `consent`, `select_account`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Prompt {
+    none: bool,
+    login: bool,
+    consent: bool,
+}
+
+fn parse_prompt(raw: Option<&str>) -> Result<Prompt, ()> {
+    let mut prompt = Prompt::default();
+    let values: Vec<&str> = raw
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|v| !v.is_empty())
+        .collect();
+    for value in &values {
+        match *value {
+            "none" => prompt.none = true,
+            "login" => prompt.login = true,
+            "consent" => prompt.consent = true,
+            "select_account" => {}
+            _ => return Err(()),
+        }
+    }
+    if prompt.none && values.len() > 1 {
+        return Err(());
+    }
+    Ok(prompt)
+}
+
+fn scope_covered(granted: &str, asked: &str) -> bool {
+    let granted: Vec<&str> = granted.split(' ').collect();
+    asked
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .all(|s| granted.contains(&s))
+}
+
+fn has_otp(methods: &str) -> bool {
+    methods.split(' ').any(|m| m == "otp")
+}
 
 impl IdentityService {
+    async fn active_client(&self, client_id: &str) -> Result<Option<Client>, IdentityError> {
+        Ok(store::get_client_credentials(&self.db, client_id)
+            .await?
+            .map(|(client, _)| client)
+            .filter(|client| client.state == ClientState::Active))
+    }
+
+    /// The session behind a cookie, if it is live and of this environment;
+    /// using it moves its idle expiry.
+    async fn live_session(
+        &self,
+        cookie: &str,
+        environment: Environment,
+        now: i64,
+    ) -> Result<Option<SessionRow>, IdentityError> {
+        if cookie.is_empty() {
+            return Ok(None);
+        }
+        let session = store::oidc::touch_session(
+            &self.db,
+            &token_hash(cookie),
+            now,
+            now.saturating_add(SESSION_IDLE_MICROS),
+        )
+        .await?;
+        Ok(session.filter(|s| s.environment == environment.as_str()))
+    }
+
+    async fn new_session(
+        &self,
+        citizen_id: &str,
+        environment: Environment,
+        methods: &str,
+        now: i64,
+    ) -> Result<(String, String), IdentityError> {
+        let token = random_token()?;
+        let row = SessionRow {
+            session_hash: token_hash(&token),
+            citizen_id: citizen_id.to_owned(),
+            environment: environment.as_str().to_owned(),
+            methods: methods.to_owned(),
+            auth_time: now,
+            idle_expire_time: now.saturating_add(SESSION_IDLE_MICROS),
+            expire_time: now.saturating_add(SESSION_MAX_MICROS),
+        };
+        store::oidc::insert_session(&self.db, &row).await?;
+        Ok((token, row.session_hash))
+    }
+
     /// Checks an authorization request and keeps it while the citizen
-    /// signs in.
+    /// signs in. With a live session (and no `prompt=login`, a `max_age`
+    /// it meets, and the level asked for), no sign-in is asked; with
+    /// remembered consent too, the code goes back at once.
     pub async fn begin_authorization(
         &self,
         params: AuthorizeParams,
-    ) -> Result<PendingSignIn, AuthorizeError> {
-        let unavailable =
-            AuthorizeError::Page("El servicio no está disponible. Intente más tarde.");
+        session_cookie: &str,
+        now: i64,
+    ) -> Result<Answer, AuthorizeError> {
+        let locale = Locale::from_ui_locales(params.ui_locales.as_deref());
+        let page = |error| AuthorizeError::Page(error, locale);
         let client_id = params
             .client_id
             .as_deref()
             .and_then(|id| parse_id(CLIENT_ID_PREFIX, id).ok())
-            .ok_or(AuthorizeError::Page(
-                "La aplicación que lo envió no es conocida.",
-            ))?;
-        let client = match store::get_client_credentials(&self.db, &client_id).await {
-            Ok(Some((client, _))) if client.state == ClientState::Active => client,
-            Ok(_) => {
-                return Err(AuthorizeError::Page(
-                    "La aplicación que lo envió no es conocida.",
-                ));
-            }
-            Err(_) => return Err(unavailable),
-        };
+            .ok_or(page(PageError::UnknownClient))?;
+        let client = self
+            .active_client(&client_id)
+            .await
+            .map_err(|_| page(PageError::Unavailable))?
+            .ok_or(page(PageError::UnknownClient))?;
         let redirect_uri = params.redirect_uri.unwrap_or_default();
         let registered = store::oidc::redirect_uri_registered(&self.db, &client_id, &redirect_uri)
             .await
             .map_err(|error| {
                 tracing::error!(%error, "authorization request failed");
-                unavailable.clone()
+                page(PageError::Unavailable)
             })?;
         if !registered {
-            return Err(AuthorizeError::Page(
-                "La dirección de retorno no está registrada para esta aplicación.",
-            ));
+            return Err(page(PageError::UnregisteredRedirect));
         }
         let state = params.state.unwrap_or_default();
+        let refuse = |error, description| redirect_error(&redirect_uri, &state, error, description);
         if params.response_type.as_deref() != Some("code") {
-            return Err(redirect_error(
-                &redirect_uri,
-                &state,
+            return Err(refuse(
                 "unsupported_response_type",
                 "only response_type=code is supported",
             ));
         }
         let scope = params.scope.unwrap_or_default();
         if !scope.split(' ').any(|s| s == "openid") {
-            return Err(redirect_error(
-                &redirect_uri,
-                &state,
-                "invalid_scope",
-                "the scope must include openid",
-            ));
+            return Err(refuse("invalid_scope", "the scope must include openid"));
         }
         let challenge = params.code_challenge.unwrap_or_default();
         if params.code_challenge_method.as_deref() != Some("S256") || !is_s256_challenge(&challenge)
         {
-            return Err(redirect_error(
-                &redirect_uri,
-                &state,
+            return Err(refuse(
                 "invalid_request",
                 "PKCE with code_challenge_method=S256 is required",
             ));
         }
-        let csrf_token = random_token().map_err(|_| unavailable.clone())?;
+        let prompt = parse_prompt(params.prompt.as_deref()).map_err(|()| {
+            refuse(
+                "invalid_request",
+                "prompt is none alone, or of login, consent, select_account",
+            )
+        })?;
+        let max_age =
+            match params.max_age.as_deref() {
+                None | Some("") => None,
+                Some(raw) => Some(raw.parse::<u32>().map_err(|_| {
+                    refuse("invalid_request", "max_age must be a number of seconds")
+                })?),
+            };
+        let required = required_level(params.acr_values.as_deref());
+        let unavailable = || page(PageError::Unavailable);
+
+        // A live session answers for the sign-in, unless the client wants a
+        // fresh one.
+        let session = if prompt.login {
+            None
+        } else {
+            self.live_session(session_cookie, client.environment, now)
+                .await
+                .map_err(|_| unavailable())?
+                .filter(|s| {
+                    max_age.is_none_or(|max| {
+                        now.saturating_sub(s.auth_time) <= i64::from(max).saturating_mul(1_000_000)
+                    })
+                })
+        };
+        let csrf_token = random_token().map_err(|_| unavailable())?;
         let request = AuthorizationRequestRow {
-            request_id: random_token().map_err(|_| unavailable.clone())?,
+            request_id: random_token().map_err(|_| unavailable())?,
             client_id,
             redirect_uri,
             scope,
@@ -211,32 +534,144 @@ impl IdentityService {
             nonce: params.nonce.unwrap_or_default(),
             code_challenge: challenge,
             csrf_hash: token_hash(&csrf_token),
-            expire_time: now_micros().saturating_add(REQUEST_TTL_MICROS),
-            citizen_id: None,
-            methods: None,
-            auth_time: None,
+            expire_time: now.saturating_add(REQUEST_TTL_MICROS),
+            citizen_id: session.as_ref().map(|s| s.citizen_id.clone()),
+            methods: session.as_ref().map(|s| s.methods.clone()),
+            auth_time: session.as_ref().map(|s| s.auth_time),
+            acr_required: required.as_str().to_owned(),
+            locale: locale.as_str().to_owned(),
+            force_consent: prompt.consent,
+            session_hash: session.as_ref().map(|s| s.session_hash.clone()),
         };
         store::oidc::insert_authorization_request(&self.db, &request)
             .await
-            .map_err(|_| unavailable)?;
-        Ok(PendingSignIn {
-            request_id: request.request_id,
-            csrf_token,
-            client_name: client.display_name.as_str().to_owned(),
-        })
+            .map_err(|_| unavailable())?;
+        let step = self
+            .proceed(&request, &client, &csrf_token, !prompt.none, now)
+            .await?;
+        Ok(Answer::keep(step))
     }
 
-    /// The sign-in form: checks the CSRF token, then the credentials; on
-    /// success a one-time code goes back to the client.
-    pub async fn complete_sign_in(
+    /// The next step of a request: sign in, a second factor, consent, or
+    /// the code. Without `interactive` (prompt=none) any page is an error
+    /// sent back to the client.
+    async fn proceed(
         &self,
-        form: SignInForm<'_>,
+        request: &AuthorizationRequestRow,
+        client: &Client,
+        csrf_token: &str,
+        interactive: bool,
         now: i64,
-    ) -> Result<SignInStep, AuthorizeError> {
-        let expired =
-            AuthorizeError::Page("La solicitud expiró. Vuelva a la aplicación e intente de nuevo.");
-        let unavailable =
-            AuthorizeError::Page("El servicio no está disponible. Intente más tarde.");
+    ) -> Result<Step, AuthorizeError> {
+        let locale = Locale::parse(&request.locale);
+        let unavailable = || AuthorizeError::Page(PageError::Unavailable, locale);
+        let show = |screen, notice| {
+            Step::Show(Box::new(Page {
+                request_id: request.request_id.clone(),
+                csrf_token: csrf_token.to_owned(),
+                client_name: client.display_name.as_str().to_owned(),
+                locale,
+                screen,
+                notice,
+            }))
+        };
+        let interaction = |error, description| {
+            redirect_error(&request.redirect_uri, &request.state, error, description)
+        };
+        let (Some(citizen_id), Some(methods)) = (&request.citizen_id, &request.methods) else {
+            if !interactive {
+                return Err(interaction("login_required", "the citizen must sign in"));
+            }
+            return Ok(show(
+                Screen::SignIn {
+                    second_factor: false,
+                },
+                None,
+            ));
+        };
+        let citizen = store::citizens::get_citizen(&self.db, client.environment, citizen_id)
+            .await
+            .map_err(|_| unavailable())?
+            .map(|found| found.citizen)
+            .filter(|c| c.state == CitizenState::Active);
+        let Some(citizen) = citizen else {
+            if !interactive {
+                return Err(interaction("login_required", "the citizen must sign in"));
+            }
+            return Ok(show(
+                Screen::SignIn {
+                    second_factor: false,
+                },
+                None,
+            ));
+        };
+        let required = AssuranceLevel::parse(&request.acr_required).unwrap_or(AssuranceLevel::Low);
+        if level_rank(required) >= 1 && !has_otp(methods) {
+            if !interactive {
+                return Err(interaction(
+                    "interaction_required",
+                    "the level of assurance asked for needs a second factor",
+                ));
+            }
+            if citizen.has_second_factor {
+                return Ok(show(
+                    Screen::SignIn {
+                        second_factor: true,
+                    },
+                    Some(Notice::StepUp),
+                ));
+            }
+            let enrolment = self
+                .totp_enrolment_for_page(client.environment, &citizen.citizen_id)
+                .await
+                .map_err(|_| unavailable())?;
+            return Ok(show(
+                Screen::EnrolTotp {
+                    secret_base32: enrolment.secret_base32,
+                    otpauth_uri: enrolment.otpauth_uri,
+                },
+                None,
+            ));
+        }
+        if required == AssuranceLevel::High && citizen.assurance_level != AssuranceLevel::High {
+            store::oidc::delete_authorization_request(&self.db, &request.request_id)
+                .await
+                .map_err(|_| unavailable())?;
+            return Err(interaction(
+                "unmet_authentication_requirements",
+                "the citizen's identity has not been proofed to the level asked for",
+            ));
+        }
+        let granted = if request.force_consent {
+            None
+        } else {
+            store::oidc::consent_grant(&self.db, citizen_id, &client.client_id)
+                .await
+                .map_err(|_| unavailable())?
+        };
+        if granted.is_some_and(|g| scope_covered(&g, &request.scope)) {
+            return self.issue_code(request, now).await.map(Step::Redirect);
+        }
+        if !interactive {
+            return Err(interaction("consent_required", "the citizen must consent"));
+        }
+        Ok(show(
+            Screen::Consent {
+                attributes: consent_attributes(&request.scope),
+            },
+            None,
+        ))
+    }
+
+    /// Loads a pending request for one of its forms: it must be live, and
+    /// the CSRF token of the form must match the cookie and the request.
+    async fn form_request(
+        &self,
+        form: &FormContext<'_>,
+        now: i64,
+    ) -> Result<(AuthorizationRequestRow, Client), AuthorizeError> {
+        let expired = AuthorizeError::Page(PageError::Expired, form.locale);
+        let unavailable = AuthorizeError::Page(PageError::Unavailable, form.locale);
         let same_token: bool =
             subtle::ConstantTimeEq::ct_eq(form.csrf_form.as_bytes(), form.csrf_cookie.as_bytes())
                 .into();
@@ -250,17 +685,81 @@ impl IdentityService {
         {
             return Err(expired);
         }
-        let client = match store::get_client_credentials(&self.db, &request.client_id).await {
-            Ok(Some((client, _))) if client.state == ClientState::Active => client,
-            Ok(_) => return Err(expired),
-            Err(_) => return Err(unavailable),
+        let client = self
+            .active_client(&request.client_id)
+            .await
+            .map_err(|_| unavailable)?
+            .ok_or(expired)?;
+        Ok((request, client))
+    }
+
+    /// The registration page of a request (reached from its sign-in page,
+    /// whose CSRF cookie it reuses).
+    pub async fn registration_page(
+        &self,
+        request_id: &str,
+        csrf_cookie: &str,
+        locale: Locale,
+        now: i64,
+    ) -> Result<Page, AuthorizeError> {
+        let context = FormContext {
+            request_id,
+            csrf_form: csrf_cookie,
+            csrf_cookie,
+            session_cookie: "",
+            locale,
+        };
+        let (request, client) = self.form_request(&context, now).await?;
+        Ok(Page {
+            request_id: request.request_id,
+            csrf_token: csrf_cookie.to_owned(),
+            client_name: client.display_name.as_str().to_owned(),
+            locale: Locale::parse(&request.locale),
+            screen: Screen::Register {
+                problems: Vec::new(),
+            },
+            notice: None,
+        })
+    }
+
+    fn page_of(
+        request: &AuthorizationRequestRow,
+        client: &Client,
+        csrf_token: &str,
+        screen: Screen,
+        notice: Option<Notice>,
+    ) -> Step {
+        Step::Show(Box::new(Page {
+            request_id: request.request_id.clone(),
+            csrf_token: csrf_token.to_owned(),
+            client_name: client.display_name.as_str().to_owned(),
+            locale: Locale::parse(&request.locale),
+            screen,
+            notice,
+        }))
+    }
+
+    /// The sign-in form: checks the credentials; on success a session
+    /// starts and the request goes on.
+    pub async fn complete_sign_in(
+        &self,
+        context: FormContext<'_>,
+        form: SignInForm<'_>,
+        now: i64,
+    ) -> Result<Answer, AuthorizeError> {
+        let (request, client) = self.form_request(&context, now).await?;
+        let unavailable = || AuthorizeError::Page(PageError::Unavailable, context.locale);
+        let retry = |notice, second_factor| {
+            Answer::keep(Self::page_of(
+                &request,
+                &client,
+                context.csrf_form,
+                Screen::SignIn { second_factor },
+                Some(notice),
+            ))
         };
         let Ok(national_id) = NationalId::parse(NationalIdScheme::ClRun, form.national_id) else {
-            return Ok(SignInStep::Retry {
-                client_name: client.display_name.as_str().to_owned(),
-                message: WRONG,
-                second_factor: false,
-            });
+            return Ok(retry(Notice::WrongCredentials, false));
         };
         let outcome = self
             .check_password_at(
@@ -276,81 +775,323 @@ impl IdentityService {
             .await
             .map_err(|error| {
                 tracing::error!(%error, "sign-in check failed");
-                unavailable.clone()
+                unavailable()
             })?;
         let (citizen_id, methods) = match outcome {
             SignInOutcome::Accepted {
                 citizen_id,
                 methods,
-            } => (citizen_id, methods),
+            } => (citizen_id, methods.join(" ")),
             SignInOutcome::SecondFactorRequired => {
-                return Ok(SignInStep::Retry {
-                    client_name: client.display_name.as_str().to_owned(),
-                    message: "Ingrese el código de su aplicación de autenticación o un código de recuperación.",
-                    second_factor: true,
-                });
+                return Ok(retry(Notice::SecondFactorNeeded, true));
             }
             SignInOutcome::Refused => {
-                return Ok(SignInStep::Retry {
-                    client_name: client.display_name.as_str().to_owned(),
-                    message: WRONG,
-                    second_factor: form.second_factor.is_some(),
-                });
+                return Ok(retry(
+                    Notice::WrongCredentials,
+                    form.second_factor.is_some(),
+                ));
             }
-            SignInOutcome::LockedOut { .. } => {
-                return Ok(SignInStep::Retry {
-                    client_name: client.display_name.as_str().to_owned(),
-                    message: "Demasiados intentos fallidos. Espere unos minutos e intente de nuevo.",
-                    second_factor: false,
-                });
-            }
+            SignInOutcome::LockedOut { .. } => return Ok(retry(Notice::LockedOut, false)),
         };
+        self.signed_in(request, &client, &context, &citizen_id, &methods, now)
+            .await
+    }
+
+    /// A citizen has just authenticated for the request: a new session
+    /// (replacing the browser's old one) and the next step.
+    async fn signed_in(
+        &self,
+        mut request: AuthorizationRequestRow,
+        client: &Client,
+        context: &FormContext<'_>,
+        citizen_id: &str,
+        methods: &str,
+        now: i64,
+    ) -> Result<Answer, AuthorizeError> {
+        let unavailable = || AuthorizeError::Page(PageError::Unavailable, context.locale);
+        if !context.session_cookie.is_empty() {
+            store::oidc::delete_session(&self.db, &token_hash(context.session_cookie))
+                .await
+                .map_err(|_| unavailable())?;
+        }
+        let (session_token, session_hash) = self
+            .new_session(citizen_id, client.environment, methods, now)
+            .await
+            .map_err(|_| unavailable())?;
         store::oidc::mark_signed_in(
             &self.db,
             &request.request_id,
-            &citizen_id,
-            &methods.join(" "),
+            citizen_id,
+            methods,
             now,
+            &session_hash,
         )
         .await
-        .map_err(|_| unavailable)?;
-        Ok(SignInStep::Consent {
-            client_name: client.display_name.as_str().to_owned(),
-            attributes: consent_attributes(&request.scope),
+        .map_err(|_| unavailable())?;
+        request.citizen_id = Some(citizen_id.to_owned());
+        request.methods = Some(methods.to_owned());
+        request.auth_time = Some(now);
+        request.session_hash = Some(session_hash);
+        let step = self
+            .proceed(&request, client, context.csrf_form, true, now)
+            .await?;
+        Ok(Answer {
+            step,
+            session: SessionCookie::Set(session_token),
         })
     }
 
+    /// Self-registration from the sign-in page of a request: every field
+    /// checked (errors tied to fields), then a code to the email address.
+    /// A national id that already has an account gets the same next page
+    /// (and no code), so registration does not reveal who has one.
+    pub async fn register_from_page(
+        &self,
+        context: FormContext<'_>,
+        form: RegistrationForm<'_>,
+        now: i64,
+    ) -> Result<Answer, AuthorizeError> {
+        let (request, client) = self.form_request(&context, now).await?;
+        let unavailable = || AuthorizeError::Page(PageError::Unavailable, context.locale);
+        let mut problems = Vec::new();
+        let national_id = NationalId::parse(NationalIdScheme::ClRun, form.national_id)
+            .map_err(|_| problems.push((RegistrationField::NationalId, FieldProblem::Invalid)))
+            .ok();
+        let given_names = PersonName::parse(form.given_names)
+            .map_err(|_| problems.push((RegistrationField::GivenNames, FieldProblem::Invalid)))
+            .ok();
+        let family_names = PersonName::parse(form.family_names)
+            .map_err(|_| problems.push((RegistrationField::FamilyNames, FieldProblem::Invalid)))
+            .ok();
+        let email = EmailAddress::parse(form.email)
+            .map_err(|_| problems.push((RegistrationField::Email, FieldProblem::Invalid)))
+            .ok();
+        let phone = if form.phone.trim().is_empty() {
+            None
+        } else {
+            PhoneNumber::parse(form.phone)
+                .map_err(|_| problems.push((RegistrationField::Phone, FieldProblem::Invalid)))
+                .ok()
+        };
+        let password = match Password::parse(form.password) {
+            Ok(password) => Some(password),
+            Err(_) => {
+                let chars = form.password.chars().count();
+                let problem = if chars < MIN_PASSWORD_CHARS {
+                    FieldProblem::PasswordTooShort
+                } else if chars > MAX_PASSWORD_CHARS {
+                    FieldProblem::PasswordTooLong
+                } else {
+                    FieldProblem::PasswordCommon
+                };
+                problems.push((RegistrationField::Password, problem));
+                None
+            }
+        };
+        let (Some(national_id), Some(given_names), Some(family_names), Some(email), Some(password)) =
+            (national_id, given_names, family_names, email, password)
+        else {
+            return Ok(Answer::keep(Self::page_of(
+                &request,
+                &client,
+                context.csrf_form,
+                Screen::Register { problems },
+                None,
+            )));
+        };
+        if !problems.is_empty() {
+            return Ok(Answer::keep(Self::page_of(
+                &request,
+                &client,
+                context.csrf_form,
+                Screen::Register { problems },
+                None,
+            )));
+        }
+        let new = NewCitizen {
+            national_id,
+            given_names,
+            family_names,
+            email: email.clone(),
+            phone,
+            password: Some(password),
+        };
+        match self.register_self(&client, new, now).await {
+            Ok(citizen_id) => {
+                let code = self
+                    .send_email_code(&citizen_id, &email, Locale::parse(&request.locale), now)
+                    .await;
+                if let Err(error) = code {
+                    tracing::error!(%error, "email verification code not sent");
+                    return Err(unavailable());
+                }
+                store::oidc::mark_registering(&self.db, &request.request_id, &citizen_id)
+                    .await
+                    .map_err(|_| unavailable())?;
+            }
+            Err(IdentityError::CitizenAlreadyExists) => {
+                tracing::info!("registration for a national id that has an account");
+            }
+            Err(error) => {
+                tracing::error!(%error, "registration failed");
+                return Err(unavailable());
+            }
+        }
+        Ok(Answer::keep(Self::page_of(
+            &request,
+            &client,
+            context.csrf_form,
+            Screen::VerifyEmail,
+            Some(Notice::EmailCodeSent),
+        )))
+    }
+
+    /// The code sent to a registering citizen's email: right, it verifies
+    /// the address and signs the citizen in (with the password just set).
+    pub async fn verify_email_from_page(
+        &self,
+        context: FormContext<'_>,
+        code: &str,
+        now: i64,
+    ) -> Result<Answer, AuthorizeError> {
+        let (request, client) = self.form_request(&context, now).await?;
+        let unavailable = || AuthorizeError::Page(PageError::Unavailable, context.locale);
+        let wrong = Answer::keep(Self::page_of(
+            &request,
+            &client,
+            context.csrf_form,
+            Screen::VerifyEmail,
+            Some(Notice::WrongCode),
+        ));
+        let Some(citizen_id) = request.registering_citizen() else {
+            return Ok(wrong);
+        };
+        let citizen_id = citizen_id.to_owned();
+        let code_hash = email_code_hash(&citizen_id, code.trim());
+        let verified = store::oidc::verify_email_code(
+            &self.db,
+            &citizen_id,
+            &code_hash,
+            EMAIL_CODE_ATTEMPTS,
+            now,
+        )
+        .await
+        .map_err(|_| unavailable())?;
+        if !verified {
+            return Ok(wrong);
+        }
+        let event = crate::domain::audit::NewAuditEvent {
+            audit_event_id: atiende_platform::ids::new_id(
+                crate::domain::audit::AUDIT_EVENT_ID_PREFIX,
+            ),
+            event_type: AuditEventType::SignInSuccess,
+            environment: client.environment.as_str().to_owned(),
+            citizen_id: Some(citizen_id.clone()),
+            agency_id: None,
+            occur_time: now,
+            attributes: [
+                ("methods".to_owned(), "pwd".to_owned()),
+                ("via".to_owned(), "registration".to_owned()),
+            ]
+            .into(),
+        };
+        store::citizens::append_audit_event(&self.db, event)
+            .await
+            .map_err(|_| unavailable())?;
+        self.signed_in(request, &client, &context, &citizen_id, "pwd", now)
+            .await
+    }
+
+    /// The first TOTP code of an enrolment: right, the second factor is
+    /// set, counts for this sign-in, and the recovery codes are shown once.
+    pub async fn enrol_from_page(
+        &self,
+        context: FormContext<'_>,
+        code: &str,
+        now: i64,
+    ) -> Result<Answer, AuthorizeError> {
+        let (request, client) = self.form_request(&context, now).await?;
+        let unavailable = || AuthorizeError::Page(PageError::Unavailable, context.locale);
+        let (Some(citizen_id), Some(session_hash)) = (&request.citizen_id, &request.session_hash)
+        else {
+            return Err(AuthorizeError::Page(PageError::Expired, context.locale));
+        };
+        match self
+            .confirm_totp_enrolment(client.environment, citizen_id, code.trim(), now)
+            .await
+        {
+            Ok(codes) => {
+                let methods = "pwd otp";
+                store::oidc::mark_signed_in(
+                    &self.db,
+                    &request.request_id,
+                    citizen_id,
+                    methods,
+                    now,
+                    session_hash,
+                )
+                .await
+                .map_err(|_| unavailable())?;
+                store::oidc::upgrade_session(&self.db, session_hash, methods)
+                    .await
+                    .map_err(|_| unavailable())?;
+                Ok(Answer::keep(Self::page_of(
+                    &request,
+                    &client,
+                    context.csrf_form,
+                    Screen::RecoveryCodes { codes },
+                    None,
+                )))
+            }
+            Err(IdentityError::WrongCode) => {
+                let enrolment = self
+                    .totp_enrolment_for_page(client.environment, citizen_id)
+                    .await
+                    .map_err(|_| unavailable())?;
+                Ok(Answer::keep(Self::page_of(
+                    &request,
+                    &client,
+                    context.csrf_form,
+                    Screen::EnrolTotp {
+                        secret_base32: enrolment.secret_base32,
+                        otpauth_uri: enrolment.otpauth_uri,
+                    },
+                    Some(Notice::WrongCode),
+                )))
+            }
+            Err(_) => Err(unavailable()),
+        }
+    }
+
+    /// "Continue" after the recovery codes: the request goes on.
+    pub async fn continue_from_page(
+        &self,
+        context: FormContext<'_>,
+        now: i64,
+    ) -> Result<Answer, AuthorizeError> {
+        let (request, client) = self.form_request(&context, now).await?;
+        let step = self
+            .proceed(&request, &client, context.csrf_form, true, now)
+            .await?;
+        Ok(Answer::keep(step))
+    }
+
     /// The citizen's answer on the consent page: a code for the client, or
-    /// `access_denied`. Either way the decision is audited.
+    /// `access_denied`. Either way the decision is audited; an allowed
+    /// scope is remembered for the next sign-in.
     pub async fn decide_consent(
         &self,
-        request_id: &str,
-        csrf_form: &str,
-        csrf_cookie: &str,
+        context: FormContext<'_>,
         allow: bool,
         now: i64,
-    ) -> Result<String, AuthorizeError> {
-        let expired =
-            AuthorizeError::Page("La solicitud expiró. Vuelva a la aplicación e intente de nuevo.");
-        let unavailable =
-            AuthorizeError::Page("El servicio no está disponible. Intente más tarde.");
-        let same_token: bool =
-            subtle::ConstantTimeEq::ct_eq(csrf_form.as_bytes(), csrf_cookie.as_bytes()).into();
-        let request = store::oidc::get_authorization_request(&self.db, request_id, now)
-            .await
-            .map_err(|_| unavailable.clone())?
-            .ok_or(expired.clone())?;
-        if !same_token || csrf_form.is_empty() || token_hash(csrf_form) != request.csrf_hash {
-            return Err(expired);
-        }
-        let (Some(citizen_id), Some(methods), Some(auth_time)) =
+    ) -> Result<Answer, AuthorizeError> {
+        let (request, client) = self.form_request(&context, now).await?;
+        let expired = AuthorizeError::Page(PageError::Expired, context.locale);
+        let unavailable = || AuthorizeError::Page(PageError::Unavailable, context.locale);
+        let (Some(citizen_id), Some(_), Some(_)) =
             (&request.citizen_id, &request.methods, request.auth_time)
         else {
             return Err(expired);
-        };
-        let client = match store::get_client_credentials(&self.db, &request.client_id).await {
-            Ok(Some((client, _))) => client,
-            _ => return Err(unavailable),
         };
         let event = crate::domain::audit::NewAuditEvent {
             audit_event_id: atiende_platform::ids::new_id(
@@ -373,20 +1114,45 @@ impl IdentityService {
         };
         store::citizens::append_audit_event(&self.db, event)
             .await
-            .map_err(|_| unavailable.clone())?;
-        let mut url = url::Url::parse(&request.redirect_uri).map_err(|_| unavailable.clone())?;
+            .map_err(|_| unavailable())?;
         if !allow {
             store::oidc::delete_authorization_request(&self.db, &request.request_id)
                 .await
-                .map_err(|_| unavailable)?;
+                .map_err(|_| unavailable())?;
+            let mut url = url::Url::parse(&request.redirect_uri).map_err(|_| unavailable())?;
             url.query_pairs_mut()
                 .append_pair("error", "access_denied")
                 .append_pair("error_description", "the citizen did not consent")
                 .append_pair("state", &request.state)
                 .append_pair("iss", &self.issuer);
-            return Ok(url.into());
+            return Ok(Answer::keep(Step::Redirect(url.into())));
         }
-        let code = random_token().map_err(|_| unavailable.clone())?;
+        store::oidc::remember_consent(&self.db, citizen_id, &client.client_id, &request.scope, now)
+            .await
+            .map_err(|_| unavailable())?;
+        let location = self.issue_code(&request, now).await?;
+        Ok(Answer::keep(Step::Redirect(location)))
+    }
+
+    /// A code for a request whose citizen has signed in and consented, and
+    /// the redirect that carries it; the request is answered.
+    async fn issue_code(
+        &self,
+        request: &AuthorizationRequestRow,
+        now: i64,
+    ) -> Result<String, AuthorizeError> {
+        let unavailable =
+            || AuthorizeError::Page(PageError::Unavailable, Locale::parse(&request.locale));
+        let (Some(citizen_id), Some(methods), Some(auth_time)) =
+            (&request.citizen_id, &request.methods, request.auth_time)
+        else {
+            return Err(AuthorizeError::Page(
+                PageError::Expired,
+                Locale::parse(&request.locale),
+            ));
+        };
+        let mut url = url::Url::parse(&request.redirect_uri).map_err(|_| unavailable())?;
+        let code = random_token().map_err(|_| unavailable())?;
         let row = AuthorizationCodeRow {
             code_hash: token_hash(&code),
             client_id: request.client_id.clone(),
@@ -398,10 +1164,11 @@ impl IdentityService {
             auth_time,
             methods: methods.clone(),
             expire_time: now.saturating_add(CODE_TTL_MICROS),
+            session_hash: request.session_hash.clone(),
         };
         store::oidc::insert_authorization_code(&self.db, &row, &request.request_id)
             .await
-            .map_err(|_| unavailable)?;
+            .map_err(|_| unavailable())?;
         url.query_pairs_mut()
             .append_pair("code", &code)
             .append_pair("state", &request.state)
@@ -499,19 +1266,27 @@ impl IdentityService {
         if !row.nonce.is_empty() {
             claims["nonce"] = serde_json::Value::String(row.nonce.clone());
         }
+        if let Some(session_hash) = &row.session_hash {
+            claims["sid"] = serde_json::Value::String(session_id(session_hash));
+        }
         let id_token = self.keys.sign_jwt(&claims).map_err(unavailable)?;
         let refresh_token = if row.scope.split(' ').any(|s| s == "offline_access") {
-            Some(
-                self.new_refresh_token(
-                    &client,
-                    &citizen.citizen_id,
-                    &row.scope,
-                    &code_hash,
-                    now.saturating_add(REFRESH_LIFETIME_MICROS),
-                )
-                .await
-                .map_err(unavailable)?,
+            let token = random_token().map_err(unavailable)?;
+            store::oidc::start_refresh_family(
+                &self.db,
+                &store::oidc::RefreshTokenRow {
+                    token_hash: token_hash(&token),
+                    family: code_hash.clone(),
+                    citizen_id: citizen.citizen_id.clone(),
+                    client_id: client.client_id.clone(),
+                    agency_id: client.agency_id.clone(),
+                    scope: row.scope.clone(),
+                    expire_time: now.saturating_add(REFRESH_LIFETIME_MICROS),
+                },
             )
+            .await
+            .map_err(unavailable)?;
+            Some(token)
         } else {
             None
         };
@@ -555,56 +1330,44 @@ impl IdentityService {
             return Err(TokenError::InvalidRequest);
         }
         let now = now_micros();
-        let row = match store::oidc::use_refresh_token(
-            &self.db,
-            &token_hash(refresh_token),
-            &client.client_id,
+        let new_refresh = random_token().map_err(unavailable)?;
+        let new_access = random_token().map_err(unavailable)?;
+        let rotation = store::oidc::Rotation {
+            presented_hash: &token_hash(refresh_token),
+            client_id: &client.client_id,
+            new_refresh_hash: &token_hash(&new_refresh),
+            new_access_hash: &token_hash(&new_access),
+            access_expire_time: now.saturating_add(TOKEN_TTL_SECONDS * 1_000_000),
             now,
-        )
-        .await
-        .map_err(unavailable)?
+        };
+        let row = match store::oidc::rotate_refresh_token(&self.db, &rotation)
+            .await
+            .map_err(unavailable)?
         {
             store::oidc::RefreshLookup::Fresh(row) => row,
-            store::oidc::RefreshLookup::Replayed { family } => {
-                store::oidc::revoke_family(&self.db, &family)
-                    .await
-                    .map_err(unavailable)?;
+            store::oidc::RefreshLookup::Replayed { .. } => {
                 tracing::warn!(client_id, "refresh token reused; its family is revoked");
                 return Err(TokenError::InvalidGrant);
             }
             store::oidc::RefreshLookup::Unknown => return Err(TokenError::InvalidGrant),
         };
-        if row.client_id != client.client_id {
-            return Err(TokenError::InvalidGrant);
-        }
         let active = store::citizens::get_citizen(&self.db, client.environment, &row.citizen_id)
             .await
             .map_err(unavailable)?
             .is_some_and(|found| found.citizen.state == CitizenState::Active);
         if !active {
+            store::oidc::revoke_family(&self.db, &row.family)
+                .await
+                .map_err(unavailable)?;
             return Err(TokenError::InvalidGrant);
         }
-        let refresh_token = self
-            .new_refresh_token(
-                &client,
-                &row.citizen_id,
-                &row.scope,
-                &row.family,
-                row.expire_time,
-            )
-            .await
-            .map_err(unavailable)?;
-        let access_token = self
-            .new_access_token(&client, &row.citizen_id, &row.scope, &row.family, now)
-            .await
-            .map_err(unavailable)?;
         self.audit_token_issue(&client, &row.citizen_id, "refresh_token", now)
             .await
             .map_err(unavailable)?;
         Ok(TokenSet {
-            access_token,
+            access_token: new_access,
             id_token: None,
-            refresh_token: Some(refresh_token),
+            refresh_token: Some(new_refresh),
             expires_in: TOKEN_TTL_SECONDS,
             scope: row.scope,
         })
@@ -675,31 +1438,6 @@ impl IdentityService {
                 scope: scope.to_owned(),
                 code_hash: family.to_owned(),
                 expire_time: now.saturating_add(TOKEN_TTL_SECONDS * 1_000_000),
-            },
-        )
-        .await?;
-        Ok(token)
-    }
-
-    async fn new_refresh_token(
-        &self,
-        client: &Client,
-        citizen_id: &str,
-        scope: &str,
-        family: &str,
-        expire_time: i64,
-    ) -> Result<String, IdentityError> {
-        let token = random_token()?;
-        store::oidc::insert_refresh_token(
-            &self.db,
-            &store::oidc::RefreshTokenRow {
-                token_hash: token_hash(&token),
-                family: family.to_owned(),
-                citizen_id: citizen_id.to_owned(),
-                client_id: client.client_id.clone(),
-                agency_id: client.agency_id.clone(),
-                scope: scope.to_owned(),
-                expire_time,
             },
         )
         .await?;
@@ -781,6 +1519,157 @@ impl IdentityService {
         Ok(Some(claims))
     }
 
+    /// RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0): ends
+    /// the browser's session. `post_logout_redirect_uri` is followed only
+    /// when it is registered for the client named by a valid
+    /// `id_token_hint` (one this provider signed, expired or not) or by
+    /// `client_id`; without a valid hint the citizen must have confirmed
+    /// (`confirmed`).
+    pub async fn end_session(
+        &self,
+        request: LogoutRequest<'_>,
+        now: i64,
+    ) -> Result<Logout, LogoutError> {
+        let hint = if request.id_token_hint.is_empty() {
+            None
+        } else {
+            Some(
+                self.own_id_token(request.id_token_hint)
+                    .ok_or(LogoutError::InvalidHint)?,
+            )
+        };
+        let client_id = match (&hint, request.client_id) {
+            (Some(hint), "") => Some(hint.aud.clone()),
+            (Some(hint), id) if hint.aud == id => Some(hint.aud.clone()),
+            (Some(_), _) => return Err(LogoutError::InvalidHint),
+            (None, "") => None,
+            (None, id) => Some(id.to_owned()),
+        };
+        if hint.is_none() && !request.confirmed {
+            return Err(LogoutError::ConfirmationNeeded);
+        }
+        let redirect = if request.post_logout_redirect_uri.is_empty() {
+            None
+        } else {
+            let registered = match &client_id {
+                Some(client_id) => store::oidc::redirect_uri_registered(
+                    &self.db,
+                    client_id,
+                    request.post_logout_redirect_uri,
+                )
+                .await
+                .map_err(|_| LogoutError::Unavailable)?,
+                None => false,
+            };
+            if !registered {
+                return Err(LogoutError::UnregisteredRedirect);
+            }
+            let mut url = url::Url::parse(request.post_logout_redirect_uri)
+                .map_err(|_| LogoutError::UnregisteredRedirect)?;
+            if !request.state.is_empty() {
+                url.query_pairs_mut().append_pair("state", request.state);
+            }
+            Some(String::from(url))
+        };
+        let mut ended = false;
+        if !request.session_cookie.is_empty() {
+            let citizen =
+                store::oidc::delete_session(&self.db, &token_hash(request.session_cookie))
+                    .await
+                    .map_err(|_| LogoutError::Unavailable)?;
+            ended = citizen.is_some();
+        }
+        if ended {
+            tracing::info!(at = now, "citizen session ended by logout");
+        }
+        Ok(Logout { redirect, ended })
+    }
+
+    /// The audience and session of an ID token this provider signed (its
+    /// expiry is not checked: a hint may be old).
+    fn own_id_token(&self, token: &str) -> Option<IdTokenHint> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.alg != jsonwebtoken::Algorithm::ES256 {
+            return None;
+        }
+        let kid = header.kid?;
+        let key = self.keys.published().into_iter().find(|k| k.kid == kid)?;
+        let decoding = jsonwebtoken::DecodingKey::from_ec_components(&key.x, &key.y).ok()?;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        validation.set_issuer(&[&self.issuer]);
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &decoding, &validation)
+            .ok()?
+            .claims;
+        Some(IdTokenHint {
+            aud: claims.get("aud")?.as_str()?.to_owned(),
+        })
+    }
+
+    /// RFC 7662 introspection of a client's own citizen tokens (access or
+    /// refresh): `{"active": false}` for anything else.
+    pub async fn introspect_citizen_token(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        token: &str,
+    ) -> Result<serde_json::Value, TokenError> {
+        let unavailable = |error: IdentityError| {
+            tracing::error!(%error, "introspection failed");
+            TokenError::Unavailable
+        };
+        let client = self
+            .authenticate_client(client_id, client_secret)
+            .await
+            .map_err(|error| match error {
+                IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
+                _ => TokenError::Unavailable,
+            })?;
+        if token.is_empty() {
+            return Err(TokenError::InvalidRequest);
+        }
+        let now = now_micros();
+        let hash = token_hash(token);
+        let found = match store::oidc::get_access_token(&self.db, &hash, now)
+            .await
+            .map_err(unavailable)?
+        {
+            Some(a) => Some((a.client_id, a.citizen_id, a.scope, a.expire_time, "Bearer")),
+            None => store::oidc::get_refresh_token(&self.db, &hash, now)
+                .await
+                .map_err(unavailable)?
+                .map(|r| {
+                    (
+                        r.client_id,
+                        r.citizen_id,
+                        r.scope,
+                        r.expire_time,
+                        "refresh_token",
+                    )
+                }),
+        };
+        // Another client's token is not this client's to know about.
+        let Some((_, citizen_id, scope, expire_time, token_type)) =
+            found.filter(|(owner, ..)| *owner == client.client_id)
+        else {
+            return Ok(serde_json::json!({ "active": false }));
+        };
+        let salt = store::oidc::pairwise_salt(&self.db, &random_token().map_err(unavailable)?)
+            .await
+            .map_err(unavailable)?;
+        Ok(serde_json::json!({
+            "active": true,
+            "scope": scope,
+            "client_id": client.client_id,
+            "token_type": token_type,
+            "exp": expire_time.div_euclid(1_000_000),
+            "sub": pairwise_subject(&salt, &client.agency_id, &citizen_id),
+            "iss": self.issuer,
+        }))
+    }
+
     /// Replaces the redirect URIs of one of the caller's clients (already
     /// parsed with [`parse_redirect_uri`]).
     pub async fn set_redirect_uris(
@@ -816,22 +1705,24 @@ impl IdentityService {
 }
 
 /// What the consent page lists for the scopes asked for.
-fn consent_attributes(scope: &str) -> Vec<&'static str> {
-    let mut attributes = vec!["Un identificador suyo propio de esta institución"];
+fn consent_attributes(scope: &str) -> Vec<Attribute> {
+    let mut attributes = vec![Attribute::Subject];
     for s in scope.split(' ') {
         match s {
-            "profile" => attributes.push("Su nombre y su RUN"),
-            "email" => attributes.push("Su correo electrónico"),
-            "phone" => attributes.push("Su número de teléfono"),
-            "offline_access" => {
-                attributes.push(
-                    "Seguir accediendo a estos datos por 12 horas, sin que usted esté conectado",
-                );
-            }
+            "profile" => attributes.push(Attribute::Profile),
+            "email" => attributes.push(Attribute::Email),
+            "phone" => attributes.push(Attribute::Phone),
+            "offline_access" => attributes.push(Attribute::OfflineAccess),
             _ => {}
         }
     }
     attributes
+}
+
+/// The `sid` of ID tokens from a session: a digest of the session's
+/// digest, so the value in tokens cannot find the session row by itself.
+fn session_id(session_hash: &str) -> String {
+    token_hash(&format!("sid:{session_hash}"))
 }
 
 /// The level a sign-in reached: a password alone is low; with a second

@@ -94,6 +94,25 @@ pub struct AuthorizationRequestRow {
     pub citizen_id: Option<String>,
     pub methods: Option<String>,
     pub auth_time: Option<i64>,
+    /// `low`, `substantial` or `high`: the least the client accepts.
+    pub acr_required: String,
+    /// `es` or `en`.
+    pub locale: String,
+    /// `prompt=consent`: ask even if consent was remembered.
+    pub force_consent: bool,
+    /// The session the sign-in came from or created.
+    pub session_hash: Option<String>,
+}
+
+impl AuthorizationRequestRow {
+    /// The citizen who registered from this request and has not signed in
+    /// yet (waiting for the email code).
+    pub fn registering_citizen(&self) -> Option<&str> {
+        match (&self.citizen_id, &self.methods) {
+            (Some(citizen_id), None) => Some(citizen_id),
+            _ => None,
+        }
+    }
 }
 
 pub async fn insert_authorization_request(
@@ -103,8 +122,9 @@ pub async fn insert_authorization_request(
     on_db!(db, pool => {
         sqlx::query(
             "INSERT INTO authorization_requests (request_id, client_id, redirect_uri, scope, state, \
-             nonce, code_challenge, csrf_hash, expire_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             nonce, code_challenge, csrf_hash, expire_time, citizen_id, methods, auth_time, \
+             acr_required, locale, force_consent, session_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&row.request_id)
         .bind(&row.client_id)
@@ -115,6 +135,13 @@ pub async fn insert_authorization_request(
         .bind(&row.code_challenge)
         .bind(&row.csrf_hash)
         .bind(row.expire_time)
+        .bind(&row.citizen_id)
+        .bind(&row.methods)
+        .bind(row.auth_time)
+        .bind(&row.acr_required)
+        .bind(&row.locale)
+        .bind(row.force_consent)
+        .bind(&row.session_hash)
         .execute(pool)
         .await?;
     });
@@ -130,7 +157,8 @@ pub async fn get_authorization_request(
     let row = on_db!(db, pool => {
         sqlx::query_as(
             "SELECT request_id, client_id, redirect_uri, scope, state, nonce, code_challenge, \
-             csrf_hash, expire_time, citizen_id, methods, auth_time FROM authorization_requests \
+             csrf_hash, expire_time, citizen_id, methods, auth_time, acr_required, locale, \
+             force_consent, session_hash FROM authorization_requests \
              WHERE request_id = $1 AND expire_time > $2",
         )
         .bind(request_id)
@@ -141,22 +169,44 @@ pub async fn get_authorization_request(
     Ok(row)
 }
 
-/// Records who signed in for the request, and how.
+/// Records who signed in for the request, how, and in which session.
 pub async fn mark_signed_in(
     db: &Database,
     request_id: &str,
     citizen_id: &str,
     methods: &str,
     auth_time: i64,
+    session_hash: &str,
 ) -> Result<(), IdentityError> {
     on_db!(db, pool => {
         sqlx::query(
-            "UPDATE authorization_requests SET citizen_id = $1, methods = $2, auth_time = $3 \
-             WHERE request_id = $4",
+            "UPDATE authorization_requests SET citizen_id = $1, methods = $2, auth_time = $3, \
+             session_hash = $4 WHERE request_id = $5",
         )
         .bind(citizen_id)
         .bind(methods)
         .bind(auth_time)
+        .bind(session_hash)
+        .bind(request_id)
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+/// A citizen registered from the request's page and waits for the email
+/// code: the citizen is known, not yet signed in (no methods).
+pub async fn mark_registering(
+    db: &Database,
+    request_id: &str,
+    citizen_id: &str,
+) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        sqlx::query(
+            "UPDATE authorization_requests SET citizen_id = $1, methods = NULL, auth_time = NULL, \
+             session_hash = NULL WHERE request_id = $2",
+        )
+        .bind(citizen_id)
         .bind(request_id)
         .execute(pool)
         .await?;
@@ -190,6 +240,7 @@ pub struct AuthorizationCodeRow {
     pub auth_time: i64,
     pub methods: String,
     pub expire_time: i64,
+    pub session_hash: Option<String>,
 }
 
 /// Stores the code and forgets the request it answers, in one transaction.
@@ -202,8 +253,8 @@ pub async fn insert_authorization_code(
         let mut tx = pool.begin().await?;
         sqlx::query(
             "INSERT INTO authorization_codes (code_hash, client_id, citizen_id, redirect_uri, scope, \
-             nonce, code_challenge, auth_time, methods, expire_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             nonce, code_challenge, auth_time, methods, expire_time, session_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&code.code_hash)
         .bind(&code.client_id)
@@ -215,6 +266,7 @@ pub async fn insert_authorization_code(
         .bind(code.auth_time)
         .bind(&code.methods)
         .bind(code.expire_time)
+        .bind(&code.session_hash)
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM authorization_requests WHERE request_id = $1")
@@ -239,7 +291,7 @@ pub async fn use_authorization_code(
             "UPDATE authorization_codes SET use_time = $1 \
              WHERE code_hash = $2 AND client_id = $3 AND use_time IS NULL AND expire_time > $1 \
              RETURNING code_hash, client_id, citizen_id, redirect_uri, scope, nonce, \
-             code_challenge, auth_time, methods, expire_time",
+             code_challenge, auth_time, methods, expire_time, session_hash",
         )
         .bind(now)
         .bind(code_hash)
@@ -315,6 +367,25 @@ pub async fn get_access_token(
     Ok(row)
 }
 
+/// An unused, unexpired refresh token.
+pub async fn get_refresh_token(
+    db: &Database,
+    token_hash: &str,
+    now: i64,
+) -> Result<Option<RefreshTokenRow>, IdentityError> {
+    let row = on_db!(db, pool => {
+        sqlx::query_as(
+            "SELECT token_hash, family, citizen_id, client_id, agency_id, scope, expire_time \
+             FROM refresh_tokens WHERE token_hash = $1 AND use_time IS NULL AND expire_time > $2",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(row)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RefreshTokenRow {
     pub token_hash: String,
@@ -359,59 +430,163 @@ pub enum RefreshLookup {
     Unknown,
 }
 
-/// Marks the token used if it is fresh (compare and set: of two refreshes
-/// with one token, one wins and the other is a replay).
-pub async fn use_refresh_token(
+/// Starts a family with its first refresh token.
+pub async fn start_refresh_family(
     db: &Database,
-    token_hash: &str,
-    client_id: &str,
-    now: i64,
+    first: &RefreshTokenRow,
+) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO refresh_families (family, expire_time) VALUES ($1, $2) \
+             ON CONFLICT (family) DO NOTHING",
+        )
+        .bind(&first.family)
+        .bind(first.expire_time)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family, citizen_id, client_id, agency_id, scope, \
+             expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&first.token_hash)
+        .bind(&first.family)
+        .bind(&first.citizen_id)
+        .bind(&first.client_id)
+        .bind(&first.agency_id)
+        .bind(&first.scope)
+        .bind(first.expire_time)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
+/// The new tokens a refresh issues (digests), with the access token's end.
+pub struct Rotation<'a> {
+    pub presented_hash: &'a str,
+    pub client_id: &'a str,
+    pub new_refresh_hash: &'a str,
+    pub new_access_hash: &'a str,
+    pub access_expire_time: i64,
+    pub now: i64,
+}
+
+/// A refresh, in one transaction that first locks the token's family row:
+/// a fresh token is marked used and replaced by a new one of its family,
+/// with an access token; a used one revokes the family. A revocation of
+/// the family (which takes the same row lock) therefore either happens
+/// before, and the refresh finds the family revoked, or after, and also
+/// removes what the refresh issued.
+pub async fn rotate_refresh_token(
+    db: &Database,
+    rotation: &Rotation<'_>,
 ) -> Result<RefreshLookup, IdentityError> {
     const COLUMNS: &str =
         "token_hash, family, citizen_id, client_id, agency_id, scope, expire_time";
-    let fresh: Option<RefreshTokenRow> = on_db!(db, pool => {
-        sqlx::query_as(AssertSqlSafe(format!(
+    let lookup = on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let family: Option<String> = sqlx::query_scalar(
+            "SELECT family FROM refresh_tokens WHERE token_hash = $1 AND client_id = $2",
+        )
+        .bind(rotation.presented_hash)
+        .bind(rotation.client_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(family) = family else {
+            return Ok(RefreshLookup::Unknown);
+        };
+        let revoked: Option<Option<i64>> = sqlx::query_scalar(
+            "UPDATE refresh_families SET expire_time = expire_time WHERE family = $1 \
+             RETURNING revoke_time",
+        )
+        .bind(&family)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if !matches!(revoked, Some(None)) {
+            return Ok(RefreshLookup::Unknown);
+        }
+        let fresh: Option<RefreshTokenRow> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE refresh_tokens SET use_time = $1 \
              WHERE token_hash = $2 AND client_id = $3 AND use_time IS NULL AND expire_time > $1 \
              RETURNING {COLUMNS}"
         )))
-        .bind(now)
-        .bind(token_hash)
-        .bind(client_id)
-        .fetch_optional(pool)
-        .await?
+        .bind(rotation.now)
+        .bind(rotation.presented_hash)
+        .bind(rotation.client_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match fresh {
+            Some(row) => {
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (token_hash, family, citizen_id, client_id, \
+                     agency_id, scope, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(rotation.new_refresh_hash)
+                .bind(&row.family)
+                .bind(&row.citizen_id)
+                .bind(&row.client_id)
+                .bind(&row.agency_id)
+                .bind(&row.scope)
+                .bind(row.expire_time)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO citizen_access_tokens (token_hash, citizen_id, client_id, \
+                     agency_id, scope, code_hash, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(rotation.new_access_hash)
+                .bind(&row.citizen_id)
+                .bind(&row.client_id)
+                .bind(&row.agency_id)
+                .bind(&row.scope)
+                .bind(&row.family)
+                .bind(rotation.access_expire_time)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                RefreshLookup::Fresh(row)
+            }
+            None => {
+                // Used before (or expired): someone holds a copy.
+                revoke_family_in!(tx, &family, rotation.now);
+                tx.commit().await?;
+                RefreshLookup::Replayed { family }
+            }
+        }
     });
-    if let Some(row) = fresh {
-        return Ok(RefreshLookup::Fresh(row));
-    }
-    let used: Option<String> = on_db!(db, pool => {
-        sqlx::query_scalar(
-            "SELECT family FROM refresh_tokens WHERE token_hash = $1 AND client_id = $2 \
-             AND use_time IS NOT NULL",
-        )
-        .bind(token_hash)
-        .bind(client_id)
-        .fetch_optional(pool)
-        .await?
-    });
-    Ok(match used {
-        Some(family) => RefreshLookup::Replayed { family },
-        None => RefreshLookup::Unknown,
-    })
+    Ok(lookup)
 }
 
-/// Revokes a whole family: its refresh tokens and its access tokens.
-pub async fn revoke_family(db: &Database, family: &str) -> Result<(), IdentityError> {
-    on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+/// The statements that revoke a family, inside the caller's transaction
+/// (one text for both engines, as `on_db!` expands per engine).
+macro_rules! revoke_family_in {
+    ($tx:expr, $family:expr, $now:expr) => {{
+        sqlx::query("UPDATE refresh_families SET revoke_time = $1 WHERE family = $2")
+            .bind($now)
+            .bind($family)
+            .execute(&mut *$tx)
+            .await?;
         sqlx::query("DELETE FROM refresh_tokens WHERE family = $1")
-            .bind(family)
-            .execute(&mut *tx)
+            .bind($family)
+            .execute(&mut *$tx)
             .await?;
         sqlx::query("DELETE FROM citizen_access_tokens WHERE code_hash = $1")
-            .bind(family)
-            .execute(&mut *tx)
+            .bind($family)
+            .execute(&mut *$tx)
             .await?;
+    }};
+}
+use revoke_family_in;
+
+/// Revokes a whole family: its refresh tokens and its access tokens, and
+/// no refresh can add to it afterwards.
+pub async fn revoke_family(db: &Database, family: &str) -> Result<(), IdentityError> {
+    let now = atiende_platform::storage::now_micros();
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        revoke_family_in!(tx, family, now);
         tx.commit().await?;
     });
     Ok(())
@@ -476,6 +651,205 @@ pub async fn pairwise_salt(db: &Database, candidate: &str) -> Result<String, Ide
     Ok(salt)
 }
 
+/// A citizen's single sign-on session.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionRow {
+    pub session_hash: String,
+    pub citizen_id: String,
+    pub environment: String,
+    pub methods: String,
+    pub auth_time: i64,
+    pub idle_expire_time: i64,
+    pub expire_time: i64,
+}
+
+pub async fn insert_session(db: &Database, row: &SessionRow) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        sqlx::query(
+            "INSERT INTO citizen_sessions (session_hash, citizen_id, environment, methods, \
+             auth_time, idle_expire_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&row.session_hash)
+        .bind(&row.citizen_id)
+        .bind(&row.environment)
+        .bind(&row.methods)
+        .bind(row.auth_time)
+        .bind(row.idle_expire_time)
+        .bind(row.expire_time)
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+/// The session, if it has expired neither way; its idle expiry moves to
+/// `idle_until` (never past the absolute one).
+pub async fn touch_session(
+    db: &Database,
+    session_hash: &str,
+    now: i64,
+    idle_until: i64,
+) -> Result<Option<SessionRow>, IdentityError> {
+    let least = match db.engine() {
+        atiende_platform::storage::Engine::Sqlite => "MIN",
+        atiende_platform::storage::Engine::Postgres => "LEAST",
+    };
+    let row = on_db!(db, pool => {
+        sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE citizen_sessions SET idle_expire_time = {least}($1, expire_time) \
+             WHERE session_hash = $2 AND idle_expire_time > $3 AND expire_time > $3 \
+             RETURNING session_hash, citizen_id, environment, methods, auth_time, \
+             idle_expire_time, expire_time"
+        )))
+        .bind(idle_until)
+        .bind(session_hash)
+        .bind(now)
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(row)
+}
+
+/// Records a second factor proved within the session (step-up).
+pub async fn upgrade_session(
+    db: &Database,
+    session_hash: &str,
+    methods: &str,
+) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        sqlx::query("UPDATE citizen_sessions SET methods = $1 WHERE session_hash = $2")
+            .bind(methods)
+            .bind(session_hash)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Ends a session; the citizen it belonged to, if it existed.
+pub async fn delete_session(
+    db: &Database,
+    session_hash: &str,
+) -> Result<Option<String>, IdentityError> {
+    let citizen = on_db!(db, pool => {
+        sqlx::query_scalar(
+            "DELETE FROM citizen_sessions WHERE session_hash = $1 RETURNING citizen_id",
+        )
+        .bind(session_hash)
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(citizen)
+}
+
+/// The scope a citizen allowed the client, if remembered.
+pub async fn consent_grant(
+    db: &Database,
+    citizen_id: &str,
+    client_id: &str,
+) -> Result<Option<String>, IdentityError> {
+    let scope = on_db!(db, pool => {
+        sqlx::query_scalar(
+            "SELECT scope FROM consent_grants WHERE citizen_id = $1 AND client_id = $2",
+        )
+        .bind(citizen_id)
+        .bind(client_id)
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(scope)
+}
+
+/// Remembers what the citizen allowed (replacing what was remembered).
+pub async fn remember_consent(
+    db: &Database,
+    citizen_id: &str,
+    client_id: &str,
+    scope: &str,
+    now: i64,
+) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        sqlx::query(
+            "INSERT INTO consent_grants (citizen_id, client_id, scope, grant_time) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (citizen_id, client_id) \
+             DO UPDATE SET scope = EXCLUDED.scope, grant_time = EXCLUDED.grant_time",
+        )
+        .bind(citizen_id)
+        .bind(client_id)
+        .bind(scope)
+        .bind(now)
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Keeps a new email verification code (replacing any earlier one).
+pub async fn put_email_code(
+    db: &Database,
+    citizen_id: &str,
+    code_hash: &str,
+    expire_time: i64,
+) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        sqlx::query(
+            "INSERT INTO email_verifications (citizen_id, code_hash, attempts, expire_time) \
+             VALUES ($1, $2, 0, $3) ON CONFLICT (citizen_id) \
+             DO UPDATE SET code_hash = EXCLUDED.code_hash, attempts = 0, \
+             expire_time = EXCLUDED.expire_time",
+        )
+        .bind(citizen_id)
+        .bind(code_hash)
+        .bind(expire_time)
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Checks a typed code: one try is spent whatever the result; the right
+/// code, unexpired and within `max_attempts`, verifies the email address
+/// and is forgotten.
+pub async fn verify_email_code(
+    db: &Database,
+    citizen_id: &str,
+    code_hash: &str,
+    max_attempts: i64,
+    now: i64,
+) -> Result<bool, IdentityError> {
+    let verified = on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let spent: Option<String> = sqlx::query_scalar(
+            "UPDATE email_verifications SET attempts = attempts + 1 \
+             WHERE citizen_id = $1 AND attempts < $2 AND expire_time > $3 RETURNING code_hash",
+        )
+        .bind(citizen_id)
+        .bind(max_attempts)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let ok = spent.is_some_and(|stored| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(stored.as_bytes(), code_hash.as_bytes()))
+        });
+        if ok {
+            sqlx::query("DELETE FROM email_verifications WHERE citizen_id = $1")
+                .bind(citizen_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE citizens SET email_verified = TRUE, update_time = $1 WHERE citizen_id = $2",
+            )
+            .bind(now)
+            .bind(citizen_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        ok
+    });
+    Ok(verified)
+}
+
 /// Forgets what has expired: pending requests, codes once their tokens
 /// would have expired too (a replay must still find them until then),
 /// access tokens, and sign-in throttles idle for a day.
@@ -495,6 +869,18 @@ pub async fn prune(db: &Database, now: i64, keep_codes_for: i64) -> Result<(), I
             .execute(pool)
             .await?;
         sqlx::query("DELETE FROM refresh_tokens WHERE expire_time <= $1")
+            .bind(now)
+            .execute(pool)
+            .await?;
+        sqlx::query("DELETE FROM refresh_families WHERE expire_time <= $1")
+            .bind(now)
+            .execute(pool)
+            .await?;
+        sqlx::query("DELETE FROM citizen_sessions WHERE idle_expire_time <= $1 OR expire_time <= $1")
+            .bind(now)
+            .execute(pool)
+            .await?;
+        sqlx::query("DELETE FROM email_verifications WHERE expire_time <= $1")
             .bind(now)
             .execute(pool)
             .await?;

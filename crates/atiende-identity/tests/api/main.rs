@@ -16,7 +16,9 @@ mod environments;
 mod http_endpoint;
 mod logs;
 mod oidc;
+mod oidc_client;
 mod rotation;
+mod sessions;
 mod support;
 mod tokens;
 
@@ -72,12 +74,19 @@ const TESTS: &[(&str, TestFn)] = tests![
     oidc::refresh_tokens_rotate_and_a_reused_one_revokes_its_family,
     oidc::a_citizen_who_does_not_consent_sends_back_access_denied,
     oidc::clients_revoke_their_own_citizen_tokens,
+    oidc_client::a_standard_oidc_client_library_signs_a_citizen_in,
+    sessions::a_session_skips_sign_in_and_remembered_consent_skips_the_page,
+    sessions::acr_values_substantial_steps_up_with_totp_enrolment_on_the_pages,
+    sessions::a_password_session_steps_up_with_the_second_factor_it_has,
+    sessions::citizens_register_on_the_pages_in_english_and_verify_their_email,
+    sessions::logout_ends_the_session_and_returns_to_a_registered_uri,
+    sessions::clients_introspect_their_own_citizen_tokens,
 ];
 
 /// Tests that need Chromium and chromedriver: left out, with the reason
 /// printed, where they are missing; under CI (`CI` set) they always run.
 const BROWSER_TESTS: &[(&str, TestFn)] =
-    tests![browser::citizen_signs_in_with_password_and_totp_in_a_real_browser];
+    tests![browser::a_citizen_registers_enrols_totp_consents_and_signs_in_again_in_a_real_browser];
 
 fn main() -> ExitCode {
     support::install_log_capture();

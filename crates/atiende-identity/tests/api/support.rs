@@ -86,7 +86,41 @@ pub struct TestApp {
     pub identity: Identity,
     pub operator: Credentials,
     pub channel: Channel,
+    /// Email verification codes "sent" by the login pages.
+    pub mailbox: Arc<Mailbox>,
     trigger: ShutdownTrigger,
+}
+
+/// The test's stand-in for the email channel: codes by address.
+#[derive(Default)]
+pub struct Mailbox(Mutex<Vec<(String, String)>>);
+
+impl Mailbox {
+    /// The last code sent to the address.
+    pub fn code_for(&self, email: &str) -> Option<String> {
+        let sent = self.0.lock().unwrap();
+        sent.iter()
+            .rev()
+            .find(|(to, _)| to == email)
+            .map(|(_, code)| code.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+impl atiende_identity::service::email_codes::EmailCodeSender for Mailbox {
+    fn send<'a>(
+        &'a self,
+        code: atiende_identity::service::email_codes::EmailCode<'a>,
+    ) -> atiende_identity::service::email_codes::SendFuture<'a> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((code.to.as_str().to_owned(), code.code.to_owned()));
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl Drop for TestApp {
@@ -151,6 +185,8 @@ impl TestApp {
         let db = Database::connect(&database_url, 8).await?;
         db.migrate(&atiende_identity::store::MIGRATIONS).await?;
         let identity = Identity::open_with(db, config.clone(), shutdown.clone()).await?;
+        let mailbox = Arc::new(Mailbox::default());
+        identity.set_email_codes(mailbox.clone());
         let mut services = GrpcServices::new();
         identity.register(&mut services);
         let verifier = identity.verifier();
@@ -197,6 +233,7 @@ impl TestApp {
             http_addr,
             database_url: database_url.clone(),
             identity: identity.clone(),
+            mailbox,
             operator: Credentials {
                 agency_id: agency.agency_id,
                 client_id: client.client_id,
