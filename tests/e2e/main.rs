@@ -484,3 +484,140 @@ async fn shutdown_reports_not_serving_while_draining_then_stops() {
     dev.trigger.trigger();
     dev.platform.wait().await.unwrap();
 }
+
+/// Finds `name="…" value="…"` in a page.
+fn hidden_value(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap() + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn dev_self_registration_sends_the_email_code_through_notifications() {
+    let dev = start_dev(scratch_dir()).await;
+    let token = dev.platform.access_token.clone();
+    let client_id = dev.platform.credentials.client_id.clone();
+    let redirect = "http://127.0.0.1:4000/callback";
+    identity::agency_service_client::AgencyServiceClient::new(dev.channel.clone())
+        .set_client_redirect_uris(authed(
+            identity::SetClientRedirectUrisRequest {
+                client_id: client_id.clone(),
+                redirect_uris: vec![redirect.into()],
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("http://{}", dev.platform.http_addr);
+    let mut authorize = reqwest::Url::parse(&format!("{base}/oauth2/authorize")).unwrap();
+    authorize.query_pairs_mut().extend_pairs([
+        ("response_type", "code"),
+        ("client_id", client_id.as_str()),
+        ("redirect_uri", redirect),
+        ("scope", "openid email"),
+        ("state", "e2e"),
+        // S256 of "e2e-verifier-e2e-verifier-e2e-verifier-e2e-verifier".
+        (
+            "code_challenge",
+            "hKAziBtJFh_8a52ORTL6PsY5CrWAgF_49F4gPbk2t6U",
+        ),
+        ("code_challenge_method", "S256"),
+    ]);
+    let page = http.get(authorize).send().await.unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    let cookie = page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = page.text().await.unwrap();
+    let fields = |extra: &[(&str, &str)]| {
+        let mut form = vec![
+            ("request_id".to_owned(), hidden_value(&html, "request_id")),
+            ("csrf_token".to_owned(), hidden_value(&html, "csrf_token")),
+        ];
+        form.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        form
+    };
+    // The template may still be being created when the first page is
+    // asked for: wait until codes go through notifications (the outbox).
+    let outbox_before = std::fs::read_dir(&dev.platform.outbox)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let registered = http
+        .post(format!("{base}/oauth2/register"))
+        .header("cookie", &cookie)
+        .form(&fields(&[
+            ("national_id", "12.345.678-5"),
+            ("given_names", "Ana"),
+            ("family_names", "Rojas"),
+            ("email", "ana@example.cl"),
+            ("password", "un largo paseo junto al mar"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let page = registered.text().await.unwrap();
+    assert!(page.contains("name=\"email_code\""), "{page}");
+    // The code arrives as a sandbox email in the outbox.
+    let mut code = None;
+    for _ in 0..200 {
+        let emails: Vec<_> = std::fs::read_dir(&dev.platform.outbox)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if emails.len() > outbox_before {
+            for email in emails {
+                let raw = std::fs::read(&email).unwrap_or_default();
+                let Some(message) = mail_parser::MessageParser::default().parse(&raw) else {
+                    continue;
+                };
+                let to_ana = message
+                    .to()
+                    .and_then(|to| to.first())
+                    .and_then(|a| a.address())
+                    == Some("ana@example.cl");
+                let body = message.body_text(0).unwrap_or_default().into_owned();
+                let marker = "Your Atiende verification code is ";
+                if to_ana && let Some(i) = body.find(marker) {
+                    code = body
+                        .get(i + marker.len()..i + marker.len() + 6)
+                        .map(str::to_owned);
+                }
+            }
+        }
+        if code.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let code = code.expect("the code email in the outbox");
+    assert!(code.bytes().all(|b| b.is_ascii_digit()), "{code}");
+    let verified = http
+        .post(format!("{base}/oauth2/verify-email"))
+        .header("cookie", &cookie)
+        .form(&fields(&[("email_code", &code)]))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        verified
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("atiende_session=")),
+        "signed in"
+    );
+    assert!(verified.text().await.unwrap().contains("name=\"decision\""));
+    dev.trigger.trigger();
+    dev.platform.wait().await.unwrap();
+}

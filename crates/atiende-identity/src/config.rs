@@ -32,6 +32,30 @@ pub struct CitizenConfig {
     pub lockout_ms: Duration,
     /// The issuer shown by authenticator apps.
     pub totp_issuer: String,
+    /// How email verification codes of self-registration reach citizens:
+    /// `none` (registration on the login pages is unavailable), `log`
+    /// (development only: the code is printed), or `notifications` (sent
+    /// through the notifications service with the settings below).
+    pub email_codes: EmailCodeDelivery,
+    /// The notifications service's gRPC endpoint, e.g.
+    /// `http://atiende-notifications:50051`.
+    pub notifications_url: String,
+    /// An email template of the sending agency with the placeholders
+    /// `((code))` (and optionally `((language))`: `es` or `en`).
+    pub email_code_template_id: String,
+    /// A client of that agency holding `notifications.send`.
+    pub email_code_client_id: String,
+    pub email_code_client_secret: Option<SecretString>,
+}
+
+/// Where email verification codes go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailCodeDelivery {
+    #[default]
+    None,
+    Log,
+    Notifications,
 }
 
 impl Default for CitizenConfig {
@@ -40,6 +64,11 @@ impl Default for CitizenConfig {
             lockout_threshold: 10,
             lockout_ms: Duration::from_secs(600),
             totp_issuer: "Atiende".to_owned(),
+            email_codes: EmailCodeDelivery::None,
+            notifications_url: String::new(),
+            email_code_template_id: String::new(),
+            email_code_client_id: String::new(),
+            email_code_client_secret: None,
         }
     }
 }
@@ -121,6 +150,19 @@ impl IdentityConfig {
         }
         if t.next_key_lead_ms > Duration::from_secs(7 * 24 * 3600) {
             return Err("tokens.next_key_lead_ms must be at most 7 days".into());
+        }
+        let c = &self.citizens;
+        if c.email_codes == EmailCodeDelivery::Notifications
+            && (c.notifications_url.is_empty()
+                || c.email_code_template_id.is_empty()
+                || c.email_code_client_id.is_empty()
+                || c.email_code_client_secret.is_none())
+        {
+            return Err(
+                "citizens.email_codes = \"notifications\" needs citizens.notifications_url, \
+                        email_code_template_id, email_code_client_id and email_code_client_secret"
+                    .into(),
+            );
         }
         if self.citizens.lockout_threshold == 0 || self.citizens.lockout_ms.is_zero() {
             return Err(

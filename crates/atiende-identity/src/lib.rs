@@ -45,6 +45,34 @@ use crate::service::IdentityService;
 
 pub const SERVICE_NAME: &str = "identity";
 
+/// The email code sender the configuration names.
+fn email_code_sender(
+    citizens: &config::CitizenConfig,
+) -> anyhow::Result<Arc<dyn service::email_codes::EmailCodeSender>> {
+    use service::email_codes::{LogEmailCodes, NoEmailCodes, NotificationsEmailCodes};
+    Ok(match citizens.email_codes {
+        config::EmailCodeDelivery::None => Arc::new(NoEmailCodes),
+        config::EmailCodeDelivery::Log => {
+            tracing::warn!(
+                "citizens.email_codes = \"log\": email verification codes are printed to the \
+                 log; use it only in development"
+            );
+            Arc::new(LogEmailCodes)
+        }
+        config::EmailCodeDelivery::Notifications => Arc::new(
+            NotificationsEmailCodes::new(
+                &citizens.notifications_url,
+                citizens.email_code_client_id.clone(),
+                citizens.email_code_client_secret.clone().ok_or_else(|| {
+                    anyhow::anyhow!("citizens.email_code_client_secret is missing")
+                })?,
+                citizens.email_code_template_id.clone(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+    })
+}
+
 /// A running identity service: its state and background tasks.
 #[derive(Clone)]
 pub struct Identity {
@@ -113,7 +141,7 @@ impl Identity {
             audience: config.tokens.audience.clone(),
             token_ttl: config.tokens.access_token_ttl_ms,
             citizen_policy: config.citizens.clone(),
-            email_codes: std::sync::RwLock::new(Arc::new(service::email_codes::NoEmailCodes)),
+            email_codes: std::sync::RwLock::new(email_code_sender(&config.citizens)?),
         });
         spawn_refreshers(&db, &keys, &revocations, &config, shutdown);
         Ok(Self {

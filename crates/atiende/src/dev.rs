@@ -137,6 +137,17 @@ impl DevPlatform {
         .await?;
 
         let credentials = dev_credentials(&identity, &options.data_dir).await?;
+        // Email verification codes of self-registration: printed to the
+        // log at once, and, once the servers answer, also sent through the
+        // notifications API like any agency's email (the sandbox outbox).
+        identity.set_email_codes(std::sync::Arc::new(
+            atiende_identity::service::email_codes::LogEmailCodes,
+        ));
+        tokio::spawn(email_codes_through_notifications(
+            identity.clone(),
+            grpc_addr,
+            credentials.clone(),
+        ));
         let access_token = identity
             .service()
             .issue_token(&credentials.client_id, &credentials.client_secret, None)
@@ -183,6 +194,96 @@ impl DevPlatform {
     /// Waits until the servers have stopped (after shutdown is triggered).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.tasks.await?
+    }
+}
+
+/// Creates (idempotently) the development agency's email template for
+/// verification codes, then sends codes through notifications as well as
+/// to the log.
+async fn email_codes_through_notifications(
+    identity: atiende_identity::Identity,
+    grpc_addr: SocketAddr,
+    credentials: DevCredentials,
+) {
+    use atiende_identity::service::email_codes::{
+        EmailCode, EmailCodeSender, LogEmailCodes, NotificationsEmailCodes, SendFuture,
+    };
+    use atiende_proto::notifications::v1 as notify;
+
+    /// Both: the log, then notifications.
+    struct Tee(NotificationsEmailCodes);
+    impl EmailCodeSender for Tee {
+        fn send<'a>(
+            &'a self,
+            service: &'a atiende_identity::service::IdentityService,
+            code: EmailCode<'a>,
+        ) -> SendFuture<'a> {
+            Box::pin(async move {
+                let logged = EmailCode {
+                    to: code.to,
+                    code: code.code,
+                    locale: code.locale,
+                };
+                LogEmailCodes.send(service, logged).await?;
+                self.0.send(service, code).await
+            })
+        }
+    }
+
+    let endpoint = format!("http://{grpc_addr}");
+    let create = || async {
+        let token = identity
+            .service()
+            .issue_token(&credentials.client_id, &credentials.client_secret, None)
+            .await?
+            .access_token;
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+            .connect()
+            .await?;
+        let mut request = tonic::Request::new(notify::CreateTemplateRequest {
+            name: "Código de verificación".into(),
+            description: "Email verification codes of self-registration (atiende dev)".into(),
+            channel: notify::Channel::Email.into(),
+            subject: "Su código de verificación / Your verification code".into(),
+            body: "Su código de verificación de Atiende es ((code)). Vence en 15 minutos.\n\n\
+                   Your Atiende verification code is ((code)). It expires in 15 minutes."
+                .into(),
+            idempotency_key: "atiende-dev-email-verification-code".into(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let template = notify::template_service_client::TemplateServiceClient::new(channel)
+            .create_template(request)
+            .await?
+            .into_inner()
+            .template
+            .context("no template")?;
+        anyhow::Ok(template.template_id)
+    };
+    let mut attempts = 0;
+    let template_id = loop {
+        match create().await {
+            Ok(id) => break id,
+            Err(error) if attempts < 50 => {
+                attempts += 1;
+                tracing::debug!(%error, "email code template not created yet");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "email codes go to the log only");
+                return;
+            }
+        }
+    };
+    match NotificationsEmailCodes::new(
+        &endpoint,
+        credentials.client_id.clone(),
+        credentials.client_secret.clone().into(),
+        template_id,
+    ) {
+        Ok(sender) => identity.set_email_codes(std::sync::Arc::new(Tee(sender))),
+        Err(error) => tracing::warn!(%error, "email codes go to the log only"),
     }
 }
 

@@ -287,11 +287,14 @@ impl IdentityService {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         sender
-            .send(crate::service::email_codes::EmailCode {
-                to: email,
-                code: &code,
-                locale,
-            })
+            .send(
+                self,
+                crate::service::email_codes::EmailCode {
+                    to: email,
+                    code: &code,
+                    locale,
+                },
+            )
             .await
             .map_err(IdentityError::Delivery)
     }

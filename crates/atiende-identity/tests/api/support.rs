@@ -113,6 +113,7 @@ impl Mailbox {
 impl atiende_identity::service::email_codes::EmailCodeSender for Mailbox {
     fn send<'a>(
         &'a self,
+        _service: &'a atiende_identity::service::IdentityService,
         code: atiende_identity::service::email_codes::EmailCode<'a>,
     ) -> atiende_identity::service::email_codes::SendFuture<'a> {
         self.0
