@@ -559,10 +559,41 @@ impl IdentityService {
         let found = store::find_citizen(&self.db, env, attempt.national_id).await?;
         let citizen_id = found.as_ref().map(|f| f.citizen.citizen_id.clone());
 
-        let until = store::locked_until(&self.db, &account_key, &source_key).await?;
-        if until > now {
+        // Reserve the attempt on both keys before any work: concurrent
+        // guesses each take a number, and only the first `threshold` get
+        // to the password check.
+        let policy = &self.citizen_policy;
+        let window = micros(policy.lockout_ms);
+        let threshold = i64::from(policy.lockout_threshold);
+        let keys: Vec<(&str, &str)> = [
+            ("account", account_key.as_str()),
+            ("source", source_key.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, key)| !key.is_empty())
+        .collect();
+        let mut reserved: Vec<(&str, &str, i64)> = Vec::new();
+        let mut locked = false;
+        for (scope, key) in &keys {
+            match store::reserve_attempt(&self.db, key, now, window).await? {
+                Some(number) if number <= threshold => reserved.push((scope, key, number)),
+                Some(_) => {
+                    // Over the limit in a burst: lock now, take nothing.
+                    store::release_attempt(&self.db, key).await?;
+                    self.lock(env, citizen_id.as_deref(), scope, key, now)
+                        .await?;
+                    locked = true;
+                }
+                None => locked = true,
+            }
+        }
+        if locked {
+            for (_, key, _) in &reserved {
+                store::release_attempt(&self.db, key).await?;
+            }
             self.audit_failure(env, citizen_id.as_deref(), "locked_out", now)
                 .await?;
+            let until = store::locked_until(&self.db, &account_key, &source_key).await?;
             return Ok(SignInOutcome::LockedOut { until });
         }
 
@@ -584,8 +615,7 @@ impl IdentityService {
                     env,
                     citizen_id.as_deref(),
                     "bad_credentials",
-                    &account_key,
-                    &source_key,
+                    &reserved,
                     now,
                 )
                 .await;
@@ -596,8 +626,7 @@ impl IdentityService {
                     env,
                     citizen_id.as_deref(),
                     "account_disabled",
-                    &account_key,
-                    &source_key,
+                    &reserved,
                     now,
                 )
                 .await;
@@ -605,6 +634,10 @@ impl IdentityService {
         let mut methods = vec!["pwd"];
         if found.citizen.has_second_factor {
             let Some(code) = attempt.second_factor else {
+                // The password was right: not a failure.
+                for (_, key, _) in &reserved {
+                    store::release_attempt(&self.db, key).await?;
+                }
                 return Ok(SignInOutcome::SecondFactorRequired);
             };
             if !self.second_factor_ok(&found, code, now).await? {
@@ -613,15 +646,19 @@ impl IdentityService {
                         env,
                         citizen_id.as_deref(),
                         "bad_second_factor",
-                        &account_key,
-                        &source_key,
+                        &reserved,
                         now,
                     )
                     .await;
             }
             methods.push("otp");
         }
+        // Signed in: the account's failures are forgotten; the source's
+        // reservation is taken back (its other failures stand).
         store::clear_throttle(&self.db, &account_key).await?;
+        if !source_key.is_empty() {
+            store::release_attempt(&self.db, &source_key).await?;
+        }
         let citizen_id = found.citizen.citizen_id;
         let event = audit(
             AuditEventType::SignInSuccess,
@@ -674,49 +711,58 @@ impl IdentityService {
         }
     }
 
-    /// Counts the failure against the account and the source, audits it,
-    /// and answers `Refused` (or `LockedOut` when this failure locked).
+    /// The failure is already counted (reserved); audits it, and locks
+    /// each key whose reserved attempt was its last one: `LockedOut` when
+    /// this failure locked, else `Refused`.
     async fn refuse(
         &self,
         env: Environment,
         citizen_id: Option<&str>,
         reason: &str,
-        account_key: &str,
-        source_key: &str,
+        reserved: &[(&str, &str, i64)],
         now: i64,
     ) -> Result<SignInOutcome, IdentityError> {
-        let policy = &self.citizen_policy;
-        let window = micros(policy.lockout_ms);
-        let threshold = i64::from(policy.lockout_threshold);
+        let threshold = i64::from(self.citizen_policy.lockout_threshold);
         self.audit_failure(env, citizen_id, reason, now).await?;
         let mut locked = false;
-        for (scope, key) in [("account", account_key), ("source", source_key)] {
-            // Without a known source (no client address), only the account
-            // is throttled: one shared key would lock everyone out.
-            if key.is_empty() {
-                continue;
-            }
-            if store::record_failure(&self.db, key, now, window, threshold, window).await? {
-                locked = true;
-                let event = audit(
-                    AuditEventType::Lockout,
-                    env,
-                    citizen_id,
-                    None,
-                    &[("scope", scope)],
-                    now,
-                );
-                store::append_audit_event(&self.db, event).await?;
-                tracing::warn!(scope, "sign-in locked out after repeated failures");
+        for (scope, key, number) in reserved {
+            if *number >= threshold {
+                locked |= self.lock(env, citizen_id, scope, key, now).await?;
             }
         }
         Ok(if locked {
             SignInOutcome::LockedOut {
-                until: now.saturating_add(window),
+                until: now.saturating_add(micros(self.citizen_policy.lockout_ms)),
             }
         } else {
             SignInOutcome::Refused
         })
+    }
+
+    /// Locks a key for the lockout time, audited once.
+    async fn lock(
+        &self,
+        env: Environment,
+        citizen_id: Option<&str>,
+        scope: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<bool, IdentityError> {
+        let lockout = micros(self.citizen_policy.lockout_ms);
+        if !store::lock(&self.db, key, now, lockout).await? {
+            return Ok(false);
+        }
+        let event = audit(
+            AuditEventType::Lockout,
+            env,
+            citizen_id,
+            None,
+            &[("scope", scope)],
+            now,
+        );
+        store::append_audit_event(&self.db, event).await?;
+        tracing::warn!(scope, "sign-in locked out after repeated failures");
+        Ok(true)
     }
 
     async fn audit_failure(

@@ -464,20 +464,20 @@ pub async fn locked_until(
     Ok(until)
 }
 
-/// Counts a failure against `key`. Failures are counted in a window that
-/// starts with the first one and lasts `window`; the `threshold`-th within
-/// it locks the key until `now + lockout`. Whether this failure locked it.
-pub async fn record_failure(
+/// Reserves one attempt against `key` before the password is checked, so
+/// that concurrent guesses cannot overrun the limit: the attempt counts as
+/// a failure until [`release_attempt`] takes it back. Failures are counted
+/// in a window that starts with the first one and lasts `window`. Returns
+/// the attempt's number in the window, or `None` while the key is locked.
+pub async fn reserve_attempt(
     db: &Database,
     key: &str,
     now: i64,
     window: i64,
-    threshold: i64,
-    lockout: i64,
-) -> Result<bool, IdentityError> {
+) -> Result<Option<i64>, IdentityError> {
     let window_opened_after = now.saturating_sub(window);
-    let locked = on_db!(db, pool => {
-        let failures: i64 = sqlx::query_scalar(
+    let number = on_db!(db, pool => {
+        sqlx::query_scalar(
             "INSERT INTO sign_in_throttles (throttle_key, failures, window_start, locked_until) \
              VALUES ($1, 1, $2, 0) \
              ON CONFLICT (throttle_key) DO UPDATE SET \
@@ -485,27 +485,48 @@ pub async fn record_failure(
                         ELSE sign_in_throttles.failures + 1 END, \
              window_start = CASE WHEN sign_in_throttles.window_start <= $3 THEN $2 \
                         ELSE sign_in_throttles.window_start END \
+             WHERE sign_in_throttles.locked_until <= $2 \
              RETURNING failures",
         )
         .bind(key)
         .bind(now)
         .bind(window_opened_after)
-        .fetch_one(pool)
-        .await?;
-        if failures >= threshold {
-            sqlx::query(
-                "UPDATE sign_in_throttles SET locked_until = $1, failures = 0, window_start = $2 \
-                 WHERE throttle_key = $3",
-            )
-            .bind(now.saturating_add(lockout))
-            .bind(now)
-            .bind(key)
-            .execute(pool)
-            .await?;
-        }
-        failures >= threshold
+        .fetch_optional(pool)
+        .await?
     });
-    Ok(locked)
+    Ok(number)
+}
+
+/// Takes back a reserved attempt that was not a failure.
+pub async fn release_attempt(db: &Database, key: &str) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        sqlx::query(
+            "UPDATE sign_in_throttles SET failures = failures - 1 \
+             WHERE throttle_key = $1 AND failures > 0",
+        )
+        .bind(key)
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Locks `key` until `now + lockout`, starting a new window; whether this
+/// call locked it (false if it already was).
+pub async fn lock(db: &Database, key: &str, now: i64, lockout: i64) -> Result<bool, IdentityError> {
+    let done = on_db!(db, pool => {
+        sqlx::query(
+            "UPDATE sign_in_throttles SET locked_until = $1, failures = 0, window_start = $2 \
+             WHERE throttle_key = $3 AND locked_until <= $2",
+        )
+        .bind(now.saturating_add(lockout))
+        .bind(now)
+        .bind(key)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(done > 0)
 }
 
 /// Forgets the failures of `key` (after a successful sign-in).

@@ -558,6 +558,53 @@ pub async fn lockout_after_repeated_failures_and_its_expiry(engine: Engine) -> a
     Ok(())
 }
 
+pub async fn a_burst_of_concurrent_guesses_gets_no_more_than_the_limit(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn_with(engine, lockout_options()).await?;
+    let (_, token) = writer(&app, Environment::Live).await?;
+    register(&app, &token, "12345678-5").await?;
+    let now = now_micros();
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let service = app.identity.service().clone();
+        burst.spawn(async move {
+            let id = cl_run("12345678-5");
+            let source = format!("203.0.113.{}", 100 + i);
+            service
+                .check_password_at(attempt(&id, "wrong password here", &source), now)
+                .await
+        });
+    }
+    let mut refused = 0;
+    let mut locked = 0;
+    while let Some(outcome) = burst.join_next().await {
+        match outcome?? {
+            SignInOutcome::Refused => refused += 1,
+            SignInOutcome::LockedOut { .. } => locked += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    // Three guesses at most (the limit) were checked; the rest were turned
+    // away without a check. (Without the reservation all 24 were checked.)
+    assert!(refused <= 3, "{refused} guesses were refused after a check");
+    assert!(locked >= 21);
+    assert_eq!(refused + locked, 24);
+    let right = app
+        .identity
+        .service()
+        .check_password_at(
+            attempt(&cl_run("12345678-5"), PASSWORD, "203.0.113.250"),
+            now + 1,
+        )
+        .await?;
+    assert!(
+        matches!(right, SignInOutcome::LockedOut { .. }),
+        "{right:?}"
+    );
+    Ok(())
+}
+
 pub async fn a_source_failing_against_many_accounts_is_locked_out(
     engine: Engine,
 ) -> anyhow::Result<()> {

@@ -60,6 +60,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     citizens::scopes_and_agencies_limit_what_a_caller_sees_and_changes,
     citizens::unknown_accounts_and_wrong_passwords_get_the_same_answer,
     citizens::lockout_after_repeated_failures_and_its_expiry,
+    citizens::a_burst_of_concurrent_guesses_gets_no_more_than_the_limit,
     citizens::a_source_failing_against_many_accounts_is_locked_out,
     citizens::totp_second_factor_and_single_use_recovery_codes,
     citizens::audit_chain_verifies_and_an_altered_row_is_reported,
