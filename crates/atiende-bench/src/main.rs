@@ -18,11 +18,17 @@
 //!   (`SimulateCardSubmission`) → `CapturePayment` → `ListPaymentEvents`
 //!   shows the capture, as one timed unit.
 //!
+//! - `identity.password-login`, `identity.code-exchange`,
+//!   `identity.argon2-raw`: the citizen sign-in over the HTTP login pages
+//!   (`--http-target`); see `login.rs`.
+//!
 //! Credentials come from `--credentials` (the `dev-credentials.json` that
 //! `atiende dev` writes) or `--client-id`/`--client-secret`. Notification
 //! scenarios sign their own live token with the platform's public test key
 //! (`--test-key`): the notifications server under test must trust only that
 //! key's JWKS (`--write-test-jwks`), so never point them at a deployment.
+
+mod login;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,6 +83,10 @@ struct Args {
     /// Notification scenarios: sign a live token with the test key.
     #[arg(long)]
     test_key: bool,
+    /// The identity service's HTTP address (its issuer), for the login
+    /// scenarios.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http_target: String,
     /// `notifications.delivery`: where the bench's SMTP server listens.
     #[arg(long, default_value = "127.0.0.1:2525")]
     smtp_sink: String,
@@ -105,6 +115,8 @@ enum Scenario {
     PaymentLifecycle {
         token: String,
     },
+    PasswordLogin(Arc<login::Login>),
+    CodeExchange(Arc<login::Login>),
     SendEmail {
         token: String,
         template_id: String,
@@ -121,6 +133,8 @@ impl Scenario {
             Self::Introspect { .. } => "identity.introspect",
             Self::CreatePayment { .. } => "payments.create",
             Self::PaymentLifecycle { .. } => "payments.lifecycle",
+            Self::PasswordLogin(_) => "identity.password-login",
+            Self::CodeExchange(_) => "identity.code-exchange",
             Self::SendEmail { accepted: None, .. } => "notifications.send-email",
             Self::SendEmail { .. } => "notifications.delivery",
         }
@@ -167,6 +181,8 @@ impl Scenario {
             Self::CreatePayment { token } => {
                 create_payment(channel, token, false).await?;
             }
+            Self::PasswordLogin(login) => login.password_login().await?,
+            Self::CodeExchange(login) => login.code_exchange().await?,
             Self::PaymentLifecycle { token } => {
                 let payment_id = create_payment(channel, token, true).await?;
                 let mut client =
@@ -580,6 +596,25 @@ async fn scenarios(args: &Args, channels: &[Channel]) -> anyhow::Result<Vec<Scen
                     Scenario::Introspect { token }
                 }
             }
+            "identity.password-login" | "identity.code-exchange" => {
+                let (client_id, client_secret) = credentials(args)?;
+                let exchange = name == "identity.code-exchange";
+                let login = Arc::new(
+                    login::Login::prepare(
+                        &channels[0],
+                        &args.http_target,
+                        client_id,
+                        client_secret,
+                        exchange,
+                    )
+                    .await?,
+                );
+                if exchange {
+                    Scenario::CodeExchange(login)
+                } else {
+                    Scenario::PasswordLogin(login)
+                }
+            }
             "payments.create" | "payments.lifecycle" => {
                 anyhow::ensure!(args.test_key, "payment scenarios need --test-key (see --help)");
                 let token = atiende_platform::testing::token(
@@ -649,6 +684,16 @@ async fn main() -> anyhow::Result<()> {
             path.display(),
             atiende_platform::testing::TEST_ISSUER,
             atiende_platform::testing::TEST_AUDIENCE
+        );
+        return Ok(());
+    }
+    if args.scenario == "identity.argon2-raw" {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let _ = login::argon2_rate(threads, Duration::from_secs(args.warmup));
+        let rate = login::argon2_rate(threads, Duration::from_secs(args.duration));
+        println!(
+            "identity.argon2-raw    {threads} threads {rate:>10.1} hashes/s  ({:.1} per core)",
+            rate / threads as f64
         );
         return Ok(());
     }

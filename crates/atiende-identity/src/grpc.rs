@@ -193,6 +193,34 @@ impl pb::agency_service_server::AgencyService for AgencyApi {
             redirect_uris: uris,
         }))
     }
+
+    async fn set_client_jwks(
+        &self,
+        request: Request<pb::SetClientJwksRequest>,
+    ) -> Reply<pb::SetClientJwksResponse> {
+        let caller = admin(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let client_id = v.check("client_id", parse_id(CLIENT_ID_PREFIX, &req.client_id));
+        let jwks = if req.jwks.trim().is_empty() {
+            None
+        } else {
+            v.check("jwks", crate::domain::oidc::parse_client_jwks(&req.jwks))
+        };
+        let client_id = v.finish_with(client_id)?;
+        let (stored, count) = match &jwks {
+            Some((set, count)) => (Some(set.as_str()), *count),
+            None => (None, 0),
+        };
+        self.0
+            .set_client_jwks(&caller, &client_id, stored)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::SetClientJwksResponse {
+            client_id,
+            key_count: i32::try_from(count).unwrap_or(i32::MAX),
+        }))
+    }
 }
 
 const MAX_REDIRECT_URIS: usize = 10;

@@ -22,7 +22,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 
 use crate::domain::IdentityError;
-use crate::service::IdentityService;
+use crate::service::{ClientAuth, IdentityService};
 
 pub const TOKEN_PATH: &str = "/oauth2/token";
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -79,7 +79,14 @@ async fn metadata(State(state): State<HttpState>) -> Response {
         "revocation_endpoint": format!("{issuer}{}", oidc::REVOKE_PATH),
         "jwks_uri": format!("{issuer}{JWKS_PATH}"),
         "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported":
+            ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported":
+            ["ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"],
+        "revocation_endpoint_auth_methods_supported":
+            ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "introspection_endpoint_auth_methods_supported":
+            ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "scopes_supported": atiende_platform::auth::Scope::ALL
             .map(|s| s.as_str())
             .into_iter()
@@ -210,27 +217,7 @@ async fn issue(
             ));
         }
     };
-    let basic = basic_credentials(headers);
-    let posted = form.get("client_id").zip(form.get("client_secret"));
-    let used_basic = basic.is_some();
-    let (client_id, client_secret) = match (basic, posted) {
-        (Some(Ok(credentials)), None) => credentials,
-        (None, Some((id, secret))) => (id.clone(), secret.clone()),
-        (Some(_), Some(_)) => {
-            return Err(OAuthError::bad_request(
-                "invalid_request",
-                "use one client authentication method",
-            ));
-        }
-        (Some(Err(())), None) | (None, None) => {
-            return Err(OAuthError {
-                status: StatusCode::UNAUTHORIZED,
-                code: "invalid_client",
-                description: "client authentication is required",
-                basic_challenge: true,
-            });
-        }
-    };
+    let (auth, used_basic) = client_auth(headers, &form)?;
     let invalid_client = OAuthError {
         status: StatusCode::UNAUTHORIZED,
         code: "invalid_client",
@@ -238,15 +225,17 @@ async fn issue(
         basic_challenge: used_basic,
     };
     // A malformed client id cannot be a client: answer without a query.
-    if atiende_platform::ids::parse_id(crate::domain::CLIENT_ID_PREFIX, &client_id).is_err() {
+    if let ClientAuth::Secret { client_id, .. } = &auth
+        && atiende_platform::ids::parse_id(crate::domain::CLIENT_ID_PREFIX, client_id).is_err()
+    {
         return Err(invalid_client);
     }
     match grant.as_str() {
         "authorization_code" => {
-            return oidc::exchange(state, &form, &client_id, &client_secret, invalid_client).await;
+            return oidc::exchange(state, &form, &auth, invalid_client).await;
         }
         "refresh_token" => {
-            return oidc::refresh(state, &form, &client_id, &client_secret, invalid_client).await;
+            return oidc::refresh(state, &form, &auth, invalid_client).await;
         }
         _ => {}
     }
@@ -258,7 +247,7 @@ async fn issue(
     };
     let issued = state
         .service
-        .issue_token(&client_id, &client_secret, requested)
+        .issue_token_as(&auth, requested)
         .await
         .map_err(|error| match error {
             IdentityError::InvalidClientCredentials => invalid_client,
@@ -286,6 +275,64 @@ async fn issue(
 
 /// `Authorization: Basic` credentials (RFC 6749 2.3.1: each part is
 /// form-urlencoded before base64). `None` without such a header.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The client's authentication: `client_secret_basic`,
+/// `client_secret_post` or `private_key_jwt` (exactly one); and whether
+/// it was Basic (for the `WWW-Authenticate` challenge).
+fn client_auth(
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<(ClientAuth, bool), OAuthError> {
+    let basic = basic_credentials(headers);
+    let posted = form.get("client_id").zip(form.get("client_secret"));
+    let assertion = form.get("client_assertion_type").map(|kind| {
+        (
+            kind.as_str(),
+            form.get("client_assertion").cloned().unwrap_or_default(),
+        )
+    });
+    let one_method =
+        || OAuthError::bad_request("invalid_request", "use one client authentication method");
+    match (basic, posted, assertion) {
+        (None, None, Some((JWT_BEARER, assertion))) if !assertion.is_empty() => {
+            if form.contains_key("client_secret") {
+                return Err(one_method());
+            }
+            Ok((
+                ClientAuth::Assertion {
+                    client_id: form.get("client_id").cloned(),
+                    assertion,
+                },
+                false,
+            ))
+        }
+        (None, None, Some(_)) => Err(OAuthError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_client",
+            description: "client_assertion_type must be jwt-bearer, with a client_assertion",
+            basic_challenge: false,
+        }),
+        (Some(Ok((client_id, secret))), None, None) => {
+            Ok((ClientAuth::Secret { client_id, secret }, true))
+        }
+        (None, Some((id, secret)), None) => Ok((
+            ClientAuth::Secret {
+                client_id: id.clone(),
+                secret: secret.clone(),
+            },
+            false,
+        )),
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(one_method()),
+        (Some(Err(())), None, None) | (None, None, None) => Err(OAuthError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_client",
+            description: "client authentication is required",
+            basic_challenge: true,
+        }),
+    }
+}
+
 fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;

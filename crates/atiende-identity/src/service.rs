@@ -24,6 +24,19 @@ pub mod citizens;
 pub mod email_codes;
 pub mod oidc;
 
+/// How a client authenticates at the token, revocation and introspection
+/// endpoints.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    /// `client_secret_basic` or `client_secret_post`.
+    Secret { client_id: String, secret: String },
+    /// `private_key_jwt`; `client_id`, if sent, must match the assertion.
+    Assertion {
+        client_id: Option<String>,
+        assertion: String,
+    },
+}
+
 /// An access token just issued.
 pub struct IssuedToken {
     pub access_token: String,
@@ -380,17 +393,26 @@ impl IdentityService {
         client_secret: &str,
         requested: Option<ScopeSet>,
     ) -> Result<IssuedToken, IdentityError> {
-        let credentials = match self.credentials.get(client_id) {
-            Some(cached) => cached,
-            None => self.load_credentials(client_id).await?,
-        }
-        .ok_or(IdentityError::InvalidClientCredentials)?;
-        let (client, hash) = (&credentials.0, &credentials.1);
-        let usable = client.state == ClientState::Active
-            && !self.revocations.client_revoked(&client.client_id);
-        if !hash.matches(client_secret) || !usable {
-            return Err(IdentityError::InvalidClientCredentials);
-        }
+        let client = self.authenticate_client(client_id, client_secret).await?;
+        self.issue_token_for(&client, requested)
+    }
+
+    /// The client credentials grant for a client authenticated either way
+    /// (secret or `private_key_jwt`).
+    pub async fn issue_token_as(
+        &self,
+        auth: &ClientAuth,
+        requested: Option<ScopeSet>,
+    ) -> Result<IssuedToken, IdentityError> {
+        let client = self.authenticate(auth).await?;
+        self.issue_token_for(&client, requested)
+    }
+
+    fn issue_token_for(
+        &self,
+        client: &Client,
+        requested: Option<ScopeSet>,
+    ) -> Result<IssuedToken, IdentityError> {
         let scopes = match requested {
             Some(wanted) if !wanted.is_empty() => {
                 if let Some(missing) = wanted.iter().find(|s| !client.scopes.contains(*s)) {
@@ -462,6 +484,129 @@ impl IdentityService {
             return Err(IdentityError::InvalidClientCredentials);
         }
         Ok(client.clone())
+    }
+
+    /// A client authenticated by its secret or by a `private_key_jwt`
+    /// assertion.
+    pub(crate) async fn authenticate(&self, auth: &ClientAuth) -> Result<Client, IdentityError> {
+        match auth {
+            ClientAuth::Secret { client_id, secret } => {
+                self.authenticate_client(client_id, secret).await
+            }
+            ClientAuth::Assertion {
+                client_id,
+                assertion,
+            } => {
+                self.verify_client_assertion(client_id.as_deref(), assertion)
+                    .await
+            }
+        }
+    }
+
+    /// RFC 7523 client authentication: a JWT signed with one of the
+    /// client's registered keys, `iss` = `sub` = the client id, `aud` the
+    /// token endpoint (or the issuer), an `exp` at most an hour ahead and a
+    /// `jti` used once.
+    async fn verify_client_assertion(
+        &self,
+        claimed: Option<&str>,
+        assertion: &str,
+    ) -> Result<Client, IdentityError> {
+        use jsonwebtoken::Algorithm;
+        let invalid = || IdentityError::InvalidClientCredentials;
+        let header = jsonwebtoken::decode_header(assertion).map_err(|_| invalid())?;
+        if !matches!(
+            header.alg,
+            Algorithm::ES256
+                | Algorithm::ES384
+                | Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+                | Algorithm::EdDSA
+        ) {
+            return Err(invalid());
+        }
+        // Whose keys to try: the unverified subject, checked below.
+        let client_id = assertion
+            .split('.')
+            .nth(1)
+            .and_then(|payload| {
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                    .ok()
+            })
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|claims| claims.get("sub")?.as_str().map(str::to_owned))
+            .ok_or(invalid())?;
+        if claimed.is_some_and(|c| c != client_id)
+            || atiende_platform::ids::parse_id(CLIENT_ID_PREFIX, &client_id).is_err()
+        {
+            return Err(invalid());
+        }
+        let client = match self.credentials.get(&client_id) {
+            Some(cached) => cached,
+            None => self.load_credentials(&client_id).await?,
+        }
+        .map(|found| found.0.clone())
+        .filter(|c| {
+            c.state == ClientState::Active && !self.revocations.client_revoked(&c.client_id)
+        })
+        .ok_or(invalid())?;
+        let jwks = store::oidc::client_jwks(&self.db, &client_id)
+            .await?
+            .ok_or(invalid())?;
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&jwks).map_err(|_| invalid())?;
+        let token_endpoint = format!("{}{}", self.issuer, crate::http::TOKEN_PATH);
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_issuer(&[&client_id]);
+        validation.set_audience(&[token_endpoint.as_str(), self.issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        validation.sub = Some(client_id.clone());
+        let claims = set
+            .keys
+            .iter()
+            .filter(|jwk| header.kid.is_none() || jwk.common.key_id == header.kid)
+            .filter_map(|jwk| jsonwebtoken::DecodingKey::from_jwk(jwk).ok())
+            .find_map(|key| {
+                jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation).ok()
+            })
+            .ok_or(invalid())?
+            .claims;
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_i64)
+            .ok_or(invalid())?;
+        let jti = claims
+            .get("jti")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        if jti.is_empty() || exp > unix_now() + 3600 {
+            return Err(invalid());
+        }
+        let jti_hash = crate::domain::oidc::token_hash(&format!("{client_id}\0{jti}"));
+        if !store::oidc::use_assertion_id(&self.db, &jti_hash, exp.saturating_mul(1_000_000))
+            .await?
+        {
+            tracing::warn!(client_id, "client assertion replayed");
+            return Err(invalid());
+        }
+        Ok(client)
+    }
+
+    /// Replaces one of the caller's clients' `private_key_jwt` keys
+    /// (already checked with `parse_client_jwks`; `None` removes them).
+    pub async fn set_client_jwks(
+        &self,
+        caller: &Caller,
+        client_id: &str,
+        jwks: Option<&str>,
+    ) -> Result<(), IdentityError> {
+        let client = self.managed_client(caller, client_id).await?;
+        store::oidc::set_client_jwks(&self.db, &client.client_id, jwks).await?;
+        tracing::info!(client_id, "client keys set");
+        Ok(())
     }
 
     /// RFC 7662: the token's claims if it is active and of the caller's

@@ -49,6 +49,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "sessions",
             include_str!("../migrations/sqlite/0007_sessions.sql"),
         ),
+        (
+            8,
+            "client keys",
+            include_str!("../migrations/sqlite/0008_client_keys.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -85,6 +90,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             7,
             "sessions",
             include_str!("../migrations/postgres/0007_sessions.sql"),
+        ),
+        (
+            8,
+            "client keys",
+            include_str!("../migrations/postgres/0008_client_keys.sql"),
         ),
     ],
 };

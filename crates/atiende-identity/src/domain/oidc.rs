@@ -73,6 +73,59 @@ pub fn pairwise_subject(salt: &str, agency_id: &str, citizen_id: &str) -> String
     URL_SAFE_NO_PAD.encode(ctx.finish())
 }
 
+/// The most keys a client may register for `private_key_jwt`.
+pub const MAX_CLIENT_KEYS: usize = 10;
+const MAX_CLIENT_JWKS_BYTES: usize = 16 * 1024;
+
+/// Checks a client's JSON Web Key Set for `private_key_jwt`: public
+/// asymmetric keys only (EC, RSA of 2048 bits or more, OKP), at most
+/// [`MAX_CLIENT_KEYS`]. Returns the set as compact JSON and its size.
+pub fn parse_client_jwks(raw: &str) -> Result<(String, usize), String> {
+    if raw.len() > MAX_CLIENT_JWKS_BYTES {
+        return Err(format!("must be at most {MAX_CLIENT_JWKS_BYTES} bytes"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(raw).map_err(|_| "must be a JSON Web Key Set".to_owned())?;
+    let keys = value
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| "must be a JSON object with a \"keys\" array".to_owned())?;
+    if keys.len() > MAX_CLIENT_KEYS {
+        return Err(format!("must hold at most {MAX_CLIENT_KEYS} keys"));
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let object = key
+            .as_object()
+            .ok_or_else(|| format!("key {i} must be a JSON object"))?;
+        if ["d", "p", "q", "dp", "dq", "qi", "k"]
+            .iter()
+            .any(|private| object.contains_key(*private))
+        {
+            return Err(format!("key {i} must be a public key (no private members)"));
+        }
+        match object.get("kty").and_then(serde_json::Value::as_str) {
+            Some("EC" | "OKP") => {}
+            Some("RSA") => {
+                let n = object
+                    .get("n")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("");
+                // 2048 bits are 256 bytes: 342 base64url characters.
+                if n.len() < 342 {
+                    return Err(format!("key {i}: RSA keys must have at least 2048 bits"));
+                }
+            }
+            _ => return Err(format!("key {i} must be an EC, RSA or OKP public key")),
+        }
+    }
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(value.clone())
+        .map_err(|_| "must be a JSON Web Key Set".to_owned())?;
+    for (i, jwk) in set.keys.iter().enumerate() {
+        jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| format!("key {i} is not usable"))?;
+    }
+    Ok((value.to_string(), keys.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

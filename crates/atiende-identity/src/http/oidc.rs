@@ -22,6 +22,7 @@ use serde_json::json;
 use super::pages::{self, LOGOUT_PATH, escape, page_error_text, texts};
 use super::{HttpState, OAuthError, no_store};
 use crate::domain::oidc::random_token;
+use crate::service::ClientAuth;
 use crate::service::oidc::{
     Answer, AuthorizeError, AuthorizeParams, FormContext, Locale, LogoutError, LogoutRequest,
     PageError, RegistrationForm, SessionCookie, SignInForm, Step, TokenError,
@@ -514,16 +515,14 @@ async fn logout(
 pub(super) async fn exchange(
     state: &HttpState,
     form: &HashMap<String, String>,
-    client_id: &str,
-    client_secret: &str,
+    auth: &ClientAuth,
     invalid_client: OAuthError,
 ) -> Result<Response, OAuthError> {
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
     let tokens = state
         .service
         .exchange_code(
-            client_id,
-            client_secret,
+            auth,
             field("code"),
             field("redirect_uri"),
             field("code_verifier"),
@@ -588,14 +587,13 @@ fn token_error(error: TokenError, invalid_client: OAuthError) -> OAuthError {
 pub(super) async fn refresh(
     state: &HttpState,
     form: &HashMap<String, String>,
-    client_id: &str,
-    client_secret: &str,
+    auth: &ClientAuth,
     invalid_client: OAuthError,
 ) -> Result<Response, OAuthError> {
     let token = form.get("refresh_token").map(String::as_str).unwrap_or("");
     let tokens = state
         .service
-        .refresh(client_id, client_secret, token)
+        .refresh(auth, token)
         .await
         .map_err(|error| token_error(error, invalid_client))?;
     Ok(token_response(tokens))
@@ -608,15 +606,12 @@ pub(super) async fn revoke(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let Some((client_id, client_secret)) = client_credentials(&headers, &form) else {
-        return invalid_client().into_response();
+    let auth = match super::client_auth(&headers, &form) {
+        Ok((auth, _)) => auth,
+        Err(error) => return error.into_response(),
     };
     let token = form.get("token").map(String::as_str).unwrap_or("");
-    match state
-        .service
-        .revoke_citizen_token(&client_id, &client_secret, token)
-        .await
-    {
+    match state.service.revoke_citizen_token(&auth, token).await {
         Ok(()) => (StatusCode::OK, no_store()).into_response(),
         Err(error) => token_error(error, invalid_client()).into_response(),
     }
@@ -631,34 +626,18 @@ fn invalid_client() -> OAuthError {
     }
 }
 
-/// `client_secret_basic` or `client_secret_post`, not both.
-fn client_credentials(
-    headers: &HeaderMap,
-    form: &HashMap<String, String>,
-) -> Option<(String, String)> {
-    let posted = form.get("client_id").zip(form.get("client_secret"));
-    match (super::basic_credentials(headers), posted) {
-        (Some(Ok(credentials)), None) => Some(credentials),
-        (None, Some((id, secret))) => Some((id.clone(), secret.clone())),
-        _ => None,
-    }
-}
-
 /// RFC 7662 introspection of the client's own citizen tokens.
 pub(super) async fn introspect(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let Some((client_id, client_secret)) = client_credentials(&headers, &form) else {
-        return invalid_client().into_response();
+    let auth = match super::client_auth(&headers, &form) {
+        Ok((auth, _)) => auth,
+        Err(error) => return error.into_response(),
     };
     let token = form.get("token").map(String::as_str).unwrap_or("");
-    match state
-        .service
-        .introspect_citizen_token(&client_id, &client_secret, token)
-        .await
-    {
+    match state.service.introspect_citizen_token(&auth, token).await {
         Ok(body) => (StatusCode::OK, no_store(), axum::Json(body)).into_response(),
         Err(error) => token_error(error, invalid_client()).into_response(),
     }

@@ -14,8 +14,8 @@ use atiende_platform::storage::now_micros;
 
 use secrecy::SecretString;
 
-use super::IdentityService;
 use super::citizens::{NewCitizen, PasswordAttempt, SignInOutcome, email_code_hash};
+use super::{ClientAuth, IdentityService};
 use crate::domain::audit::AuditEventType;
 use crate::domain::citizen::{AssuranceLevel, CitizenState, EmailAddress, PersonName, PhoneNumber};
 use crate::domain::national_id::{NationalId, NationalIdScheme};
@@ -1181,8 +1181,7 @@ impl IdentityService {
     /// and the PKCE verifier.
     pub async fn exchange_code(
         &self,
-        client_id: &str,
-        client_secret: &str,
+        auth: &ClientAuth,
         code: &str,
         redirect_uri: &str,
         code_verifier: &str,
@@ -1191,13 +1190,10 @@ impl IdentityService {
             tracing::error!(%error, "code exchange failed");
             TokenError::Unavailable
         };
-        let client = self
-            .authenticate_client(client_id, client_secret)
-            .await
-            .map_err(|error| match error {
-                IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
-                _ => TokenError::Unavailable,
-            })?;
+        let client = self.authenticate(auth).await.map_err(|error| match error {
+            IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
+            _ => TokenError::Unavailable,
+        })?;
         if code.is_empty() || code_verifier.is_empty() || redirect_uri.is_empty() {
             return Err(TokenError::InvalidRequest);
         }
@@ -1227,7 +1223,7 @@ impl IdentityService {
                 .map_err(unavailable)?;
             if revoked > 0 {
                 tracing::warn!(
-                    client_id,
+                    client_id = %client.client_id,
                     "authorization code replayed; its access token revoked"
                 );
             }
@@ -1311,21 +1307,17 @@ impl IdentityService {
     /// family and its access tokens (someone else holds a copy).
     pub async fn refresh(
         &self,
-        client_id: &str,
-        client_secret: &str,
+        auth: &ClientAuth,
         refresh_token: &str,
     ) -> Result<TokenSet, TokenError> {
         let unavailable = |error: IdentityError| {
             tracing::error!(%error, "refresh failed");
             TokenError::Unavailable
         };
-        let client = self
-            .authenticate_client(client_id, client_secret)
-            .await
-            .map_err(|error| match error {
-                IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
-                _ => TokenError::Unavailable,
-            })?;
+        let client = self.authenticate(auth).await.map_err(|error| match error {
+            IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
+            _ => TokenError::Unavailable,
+        })?;
         if refresh_token.is_empty() {
             return Err(TokenError::InvalidRequest);
         }
@@ -1346,7 +1338,7 @@ impl IdentityService {
         {
             store::oidc::RefreshLookup::Fresh(row) => row,
             store::oidc::RefreshLookup::Replayed { .. } => {
-                tracing::warn!(client_id, "refresh token reused; its family is revoked");
+                tracing::warn!(client_id = %client.client_id, "refresh token reused; its family is revoked");
                 return Err(TokenError::InvalidGrant);
             }
             store::oidc::RefreshLookup::Unknown => return Err(TokenError::InvalidGrant),
@@ -1378,21 +1370,17 @@ impl IdentityService {
     /// clients' tokens, are ignored, as the RFC asks.
     pub async fn revoke_citizen_token(
         &self,
-        client_id: &str,
-        client_secret: &str,
+        auth: &ClientAuth,
         token: &str,
     ) -> Result<(), TokenError> {
         let unavailable = |error: IdentityError| {
             tracing::error!(%error, "revocation failed");
             TokenError::Unavailable
         };
-        let client = self
-            .authenticate_client(client_id, client_secret)
-            .await
-            .map_err(|error| match error {
-                IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
-                _ => TokenError::Unavailable,
-            })?;
+        let client = self.authenticate(auth).await.map_err(|error| match error {
+            IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
+            _ => TokenError::Unavailable,
+        })?;
         if token.is_empty() {
             return Err(TokenError::InvalidRequest);
         }
@@ -1612,21 +1600,17 @@ impl IdentityService {
     /// refresh): `{"active": false}` for anything else.
     pub async fn introspect_citizen_token(
         &self,
-        client_id: &str,
-        client_secret: &str,
+        auth: &ClientAuth,
         token: &str,
     ) -> Result<serde_json::Value, TokenError> {
         let unavailable = |error: IdentityError| {
             tracing::error!(%error, "introspection failed");
             TokenError::Unavailable
         };
-        let client = self
-            .authenticate_client(client_id, client_secret)
-            .await
-            .map_err(|error| match error {
-                IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
-                _ => TokenError::Unavailable,
-            })?;
+        let client = self.authenticate(auth).await.map_err(|error| match error {
+            IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
+            _ => TokenError::Unavailable,
+        })?;
         if token.is_empty() {
             return Err(TokenError::InvalidRequest);
         }

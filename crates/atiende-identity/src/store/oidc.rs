@@ -850,6 +850,66 @@ pub async fn verify_email_code(
     Ok(verified)
 }
 
+/// Replaces a client's `private_key_jwt` keys (none: removes them).
+pub async fn set_client_jwks(
+    db: &Database,
+    client_id: &str,
+    jwks: Option<&str>,
+) -> Result<(), IdentityError> {
+    on_db!(db, pool => {
+        match jwks {
+            Some(jwks) => {
+                sqlx::query(
+                    "INSERT INTO client_jwks (client_id, jwks) VALUES ($1, $2) \
+                     ON CONFLICT (client_id) DO UPDATE SET jwks = EXCLUDED.jwks",
+                )
+                .bind(client_id)
+                .bind(jwks)
+                .execute(pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM client_jwks WHERE client_id = $1")
+                    .bind(client_id)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+    });
+    Ok(())
+}
+
+pub async fn client_jwks(db: &Database, client_id: &str) -> Result<Option<String>, IdentityError> {
+    let jwks = on_db!(db, pool => {
+        sqlx::query_scalar("SELECT jwks FROM client_jwks WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(jwks)
+}
+
+/// Records an assertion's id (digest) until it expires: false if it was
+/// already used.
+pub async fn use_assertion_id(
+    db: &Database,
+    jti_hash: &str,
+    expire_time: i64,
+) -> Result<bool, IdentityError> {
+    let inserted = on_db!(db, pool => {
+        sqlx::query(
+            "INSERT INTO client_assertion_ids (jti_hash, expire_time) VALUES ($1, $2) \
+             ON CONFLICT (jti_hash) DO NOTHING",
+        )
+        .bind(jti_hash)
+        .bind(expire_time)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(inserted == 1)
+}
+
 /// Forgets what has expired: pending requests, codes once their tokens
 /// would have expired too (a replay must still find them until then),
 /// access tokens, and sign-in throttles idle for a day.
@@ -877,6 +937,10 @@ pub async fn prune(db: &Database, now: i64, keep_codes_for: i64) -> Result<(), I
             .execute(pool)
             .await?;
         sqlx::query("DELETE FROM citizen_sessions WHERE idle_expire_time <= $1 OR expire_time <= $1")
+            .bind(now)
+            .execute(pool)
+            .await?;
+        sqlx::query("DELETE FROM client_assertion_ids WHERE expire_time <= $1")
             .bind(now)
             .execute(pool)
             .await?;

@@ -12,6 +12,7 @@ mod agencies;
 mod attacks;
 mod browser;
 mod citizens;
+mod client_auth;
 mod environments;
 mod http_endpoint;
 mod logs;
@@ -76,6 +77,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     oidc::a_citizen_who_does_not_consent_sends_back_access_denied,
     oidc::clients_revoke_their_own_citizen_tokens,
     oidc_client::a_standard_oidc_client_library_signs_a_citizen_in,
+    client_auth::clients_authenticate_with_private_key_jwt,
     sessions::a_session_skips_sign_in_and_remembered_consent_skips_the_page,
     sessions::acr_values_substantial_steps_up_with_totp_enrolment_on_the_pages,
     sessions::a_password_session_steps_up_with_the_second_factor_it_has,
