@@ -30,7 +30,10 @@ pub struct Login {
     base: String,
     client_id: String,
     client_secret: String,
-    national_id: String,
+    /// Citizens signed in in turn (one per worker: one citizen's
+    /// concurrent sign-ins beyond the lockout threshold are turned away).
+    national_ids: Vec<String>,
+    next: AtomicU64,
     /// `/oauth2/authorize` with the scenario's parameters.
     authorize_url: String,
     /// `identity.code-exchange`: the session cookie.
@@ -68,6 +71,7 @@ impl Login {
         client_id: String,
         client_secret: String,
         with_session: bool,
+        citizens: usize,
     ) -> anyhow::Result<Self> {
         let token = pb::token_service_client::TokenServiceClient::new(channel.clone())
             .issue_token(pb::IssueTokenRequest {
@@ -95,34 +99,37 @@ impl Login {
             ))
             .await
             .context("SetClientRedirectUris (needs identity.admin)")?;
-        let digits = format!(
-            "{}",
-            10_000_000 + u64::from(std::process::id()) * 7919 % 89_999_999
-        );
-        let check = atiende_identity::domain::national_id::run_check_digit(&digits)
-            .context("check digit")?;
-        let national_id = format!("{digits}-{check}");
-        let mut citizens = pb::citizen_service_client::CitizenServiceClient::new(channel.clone());
-        let registered = citizens
-            .register_citizen(authed(
-                pb::RegisterCitizenRequest {
-                    national_id: Some(pb::NationalId {
-                        scheme: pb::NationalIdScheme::ClRun.into(),
-                        value: national_id.clone(),
-                    }),
-                    given_names: "Carga".into(),
-                    family_names: "De Prueba".into(),
-                    email: "carga@ejemplo.cl".into(),
-                    phone_number: String::new(),
-                    password: PASSWORD.into(),
-                },
-                &token,
-            ))
-            .await;
-        match registered {
-            Ok(_) => {}
-            Err(status) if status.code() == tonic::Code::AlreadyExists => {}
-            Err(status) => anyhow::bail!("RegisterCitizen: {status}"),
+        let mut national_ids = Vec::with_capacity(citizens.max(1));
+        let mut citizens_client =
+            pb::citizen_service_client::CitizenServiceClient::new(channel.clone());
+        for i in 0..citizens.max(1) {
+            let seed = u64::from(std::process::id()) * 7919 + i as u64 * 104_729;
+            let digits = format!("{}", 10_000_000 + seed % 89_999_999);
+            let check = atiende_identity::domain::national_id::run_check_digit(&digits)
+                .context("check digit")?;
+            let national_id = format!("{digits}-{check}");
+            let registered = citizens_client
+                .register_citizen(authed(
+                    pb::RegisterCitizenRequest {
+                        national_id: Some(pb::NationalId {
+                            scheme: pb::NationalIdScheme::ClRun.into(),
+                            value: national_id.clone(),
+                        }),
+                        given_names: "Carga".into(),
+                        family_names: "De Prueba".into(),
+                        email: "carga@ejemplo.cl".into(),
+                        phone_number: String::new(),
+                        password: PASSWORD.into(),
+                    },
+                    &token,
+                ))
+                .await;
+            match registered {
+                Ok(_) => {}
+                Err(status) if status.code() == tonic::Code::AlreadyExists => {}
+                Err(status) => anyhow::bail!("RegisterCitizen: {status}"),
+            }
+            national_ids.push(national_id);
         }
         let base = http_base.trim_end_matches('/').to_owned();
         let mut authorize_url = reqwest::Url::parse(&format!("{base}/oauth2/authorize"))?;
@@ -145,7 +152,8 @@ impl Login {
             authorize_url: authorize_url.into(),
             client_id,
             client_secret,
-            national_id,
+            national_ids,
+            next: AtomicU64::new(0),
             session: None,
         };
         if with_session {
@@ -178,6 +186,12 @@ impl Login {
         Ok(login)
     }
 
+    fn citizen(&self) -> String {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let index = usize::try_from(turn).unwrap_or(0) % self.national_ids.len().max(1);
+        self.national_ids.get(index).cloned().unwrap_or_default()
+    }
+
     async fn sign_in_page(&self) -> anyhow::Result<(String, String)> {
         let page = self.http.get(&self.authorize_url).send().await?;
         anyhow::ensure!(page.status() == 200, "authorize: {}", page.status());
@@ -193,7 +207,7 @@ impl Login {
             .form(&[
                 ("request_id", hidden(html, "request_id").unwrap_or_default()),
                 ("csrf_token", hidden(html, "csrf_token").unwrap_or_default()),
-                ("national_id", self.national_id.clone()),
+                ("national_id", self.citizen()),
                 ("password", PASSWORD.to_owned()),
             ])
             .send()

@@ -606,6 +606,7 @@ async fn scenarios(args: &Args, channels: &[Channel]) -> anyhow::Result<Vec<Scen
                         client_id,
                         client_secret,
                         exchange,
+                        args.connections * args.in_flight,
                     )
                     .await?,
                 );

@@ -8,10 +8,11 @@
 //! CPU: callers run it on tokio's blocking pool.
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::IdentityError;
@@ -71,32 +72,107 @@ impl std::fmt::Debug for PasswordHash {
     }
 }
 
-fn hasher() -> Result<Argon2<'static>, IdentityError> {
-    let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, ARGON2_LANES, None)
-        .map_err(|_| IdentityError::Crypto)?;
-    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+fn params() -> Result<Params, IdentityError> {
+    Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, ARGON2_LANES, None)
+        .map_err(|_| IdentityError::Crypto)
+}
+
+/// argon2's working memory (1 KiB blocks), kept between hashes: allocating
+/// and faulting in 19 MiB for every hash costs a good part of the hash
+/// itself. At most one buffer per core is kept.
+fn with_memory<T>(blocks: usize, work: impl FnOnce(&mut [Block]) -> T) -> T {
+    static POOL: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
+    let taken = POOL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .filter(|memory| memory.len() == blocks);
+    let mut memory = taken.unwrap_or_else(|| vec![Block::default(); blocks]);
+    let out = work(&mut memory);
+    let keep = std::thread::available_parallelism().map_or(2, usize::from);
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < keep {
+        pool.push(memory);
+    }
+    out
+}
+
+/// The raw argon2 output for a password, salt and parameters.
+fn argon2_output(
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), IdentityError> {
+    let blocks = params.block_count();
+    let argon2 = Argon2::new(algorithm, version, params);
+    with_memory(blocks, |memory| {
+        argon2.hash_password_into_with_memory(password, salt, out, memory)
+    })
+    .map_err(|_| IdentityError::Crypto)
 }
 
 /// Hashes with a fresh 128-bit salt. Blocking: ~15 ms of CPU.
 pub fn hash_password(password: &str) -> Result<PasswordHash, IdentityError> {
     let mut salt = [0u8; 16];
     aws_lc_rs::rand::fill(&mut salt).map_err(|_| IdentityError::Crypto)?;
-    let salt = SaltString::encode_b64(&salt).map_err(|_| IdentityError::Crypto)?;
-    let hash = hasher()?
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|_| IdentityError::Crypto)?;
-    Ok(PasswordHash(hash.to_string()))
+    let mut out = [0u8; 32];
+    argon2_output(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        params()?,
+        password.as_bytes(),
+        &salt,
+        &mut out,
+    )?;
+    // PHC string format: standard base64 alphabet without padding.
+    Ok(PasswordHash(format!(
+        "$argon2id$v=19$m={ARGON2_MEMORY_KIB},t={ARGON2_PASSES},p={ARGON2_LANES}${}${}",
+        STANDARD_NO_PAD.encode(salt),
+        STANDARD_NO_PAD.encode(out)
+    )))
 }
 
-/// Whether `candidate` matches. The parameters come from the stored hash.
-/// Blocking: as slow as hashing.
+/// Whether `candidate` matches. The algorithm, version and parameters
+/// come from the stored hash. Blocking: as slow as hashing.
 pub fn verify_password(hash: &PasswordHash, candidate: &str) -> bool {
     let Ok(parsed) = argon2::password_hash::PasswordHash::new(&hash.0) else {
         return false;
     };
-    Argon2::default()
-        .verify_password(candidate.as_bytes(), &parsed)
-        .is_ok()
+    let (Ok(algorithm), Ok(params), Some(salt), Some(expected)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(&parsed),
+        parsed.salt,
+        parsed.hash,
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::V0x13,
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    if argon2_output(
+        algorithm,
+        version,
+        params,
+        candidate.as_bytes(),
+        salt,
+        &mut out,
+    )
+    .is_err()
+    {
+        return false;
+    }
+    // Output compares in constant time.
+    argon2::password_hash::Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
 /// A hash of a random password, made once: verified against when the
@@ -160,6 +236,33 @@ mod tests {
         let again = hash_password("correct horse battery staple").unwrap();
         assert_ne!(hash, again, "salted");
         assert!(!verify_password(&PasswordHash("garbage".into()), "x"));
+    }
+
+    #[test]
+    fn hashes_agree_with_the_argon2_crates_own_hasher_both_ways() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString};
+        let ours = hash_password("un largo paseo junto al mar").unwrap();
+        let parsed = argon2::password_hash::PasswordHash::new(&ours.0).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"un largo paseo junto al mar", &parsed)
+                .is_ok()
+        );
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params().unwrap())
+            .hash_password(
+                b"un largo paseo junto al mar",
+                &SaltString::encode_b64(b"0123456789abcdef").unwrap(),
+            )
+            .unwrap()
+            .to_string();
+        assert!(verify_password(
+            &PasswordHash(theirs.clone()),
+            "un largo paseo junto al mar"
+        ));
+        assert!(!verify_password(
+            &PasswordHash(theirs),
+            "un largo paseo junto al ma"
+        ));
     }
 
     #[test]

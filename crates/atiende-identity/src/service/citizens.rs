@@ -128,10 +128,16 @@ fn audit(
 }
 
 /// Argon2 on tokio's blocking pool: ~15 ms of CPU must not stall a runtime
-/// thread.
+/// thread. At most one hash per core runs at once (the rest queue): more
+/// would only share the cores and the caches, and hold more 19 MiB buffers.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, IdentityError> {
+    static HASHING: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let permits = HASHING.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from))
+    });
+    let _permit = permits.acquire().await.map_err(|_| IdentityError::Crypto)?;
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| IdentityError::Crypto)
@@ -578,10 +584,11 @@ impl IdentityService {
             match store::reserve_attempt(&self.db, key, now, window).await? {
                 Some(number) if number <= threshold => reserved.push((scope, key, number)),
                 Some(_) => {
-                    // Over the limit in a burst: lock now, take nothing.
+                    // Over the limit with attempts still in flight: turned
+                    // away, uncounted. (Whether those were failures decides
+                    // the lock: the attempt that fails as the last one
+                    // locks.)
                     store::release_attempt(&self.db, key).await?;
-                    self.lock(env, citizen_id.as_deref(), scope, key, now)
-                        .await?;
                     locked = true;
                 }
                 None => locked = true,
