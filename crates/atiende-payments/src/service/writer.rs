@@ -1,0 +1,99 @@
+//! Group commit of payment creates and state changes.
+//!
+//! Concurrent requests queue their write; a few writer tasks each take
+//! what is waiting (up to [`GROUP_MAX`]) and write it in one transaction
+//! ([`store::write_group`]), so a busy service pays one commit and a few
+//! statements for many requests instead of a transaction each. A request is
+//! answered only after the transaction that holds its write commits. If a
+//! group fails, its writes are retried one by one, so that one bad write
+//! (or a deadlock between two groups) fails only itself.
+
+use std::time::Instant;
+
+use tokio::sync::{Mutex, oneshot};
+
+use super::*;
+use crate::store::{Write, Written};
+
+/// Most writes in one transaction.
+const GROUP_MAX: usize = 512;
+/// Transactions being written at once: one collects while another commits.
+const WRITERS: usize = 2;
+
+type Reply = oneshot::Sender<Result<Written, PaymentsError>>;
+
+pub(crate) struct Writer {
+    queue: mpsc::Sender<(Write, Reply)>,
+}
+
+impl Writer {
+    /// Starts the writer tasks on the current runtime; they stop when the
+    /// writer is dropped.
+    pub(crate) fn start(db: Database) -> Self {
+        let (queue, receiver) = mpsc::channel::<(Write, Reply)>(GROUP_MAX * 8);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..WRITERS {
+            let (db, receiver) = (db.clone(), receiver.clone());
+            tokio::spawn(async move {
+                let mut group = Vec::with_capacity(GROUP_MAX);
+                loop {
+                    let received = receiver.lock().await.recv_many(&mut group, GROUP_MAX).await;
+                    if received == 0 {
+                        return;
+                    }
+                    write(&db, &mut group).await;
+                }
+            });
+        }
+        Self { queue }
+    }
+
+    /// Queues `write` and waits for its transaction to commit.
+    pub(crate) async fn write(&self, write: Write) -> Result<Written, PaymentsError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((write, reply))
+            .await
+            .map_err(|_| PaymentsError::Storage(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| PaymentsError::Storage(sqlx::Error::PoolClosed))?
+    }
+}
+
+async fn write(db: &Database, group: &mut Vec<(Write, Reply)>) {
+    let (writes, replies): (Vec<Write>, Vec<Reply>) = group.drain(..).unzip();
+    let started = Instant::now();
+    let result = store::write_group(db, &writes).await;
+    tracing::debug!(
+        writes = writes.len(),
+        elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        ok = result.is_ok(),
+        "group commit of payment writes"
+    );
+    match result {
+        Ok(written) => {
+            for (reply, written) in replies.into_iter().zip(written) {
+                let _ = reply.send(Ok(written));
+            }
+        }
+        Err(error) if writes.len() == 1 => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(error));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, writes = writes.len(), "a group commit failed; writing one by one");
+            for (write, reply) in writes.iter().zip(replies) {
+                let single = store::write_group(db, std::slice::from_ref(write))
+                    .await
+                    .and_then(|mut written| {
+                        written
+                            .pop()
+                            .ok_or(PaymentsError::Corrupt("empty group result"))
+                    });
+                let _ = reply.send(single);
+            }
+        }
+    }
+}
