@@ -106,9 +106,6 @@ impl PaymentsService {
         page_size: PageSize,
         after_sequence: Option<i64>,
     ) -> Result<Page<PaymentEvent>, PaymentsError> {
-        // The payment itself must be the tenant's (an empty list would
-        // not tell "none yet" from "not yours").
-        self.get_payment(tenant, payment_id).await?;
         if let Some(after) = after_sequence {
             self.check_event_cursor(after).await?;
         }
@@ -120,6 +117,11 @@ impl PaymentsService {
             page_size.fetch_limit(),
         )
         .await?;
+        // Events are listed only when the payment is the tenant's; an empty
+        // list must still tell "none yet" from "not yours".
+        if items.is_empty() {
+            self.get_payment(tenant, payment_id).await?;
+        }
         Ok(Page::from_overfetch(items, page_size, |e| {
             e.sequence.to_string()
         }))
@@ -394,27 +396,88 @@ impl PaymentsService {
         let tenant = payment.tenant.clone();
         // Before any change: a payment no gateway can take stays as it is.
         let gateway = self.gateway(tenant.environment)?;
-        let mut payment = payment;
-        if payment.state == PaymentState::Created {
-            payment = self
-                .move_to(&tenant, payment, PaymentState::Started, None, "", None)
-                .await?;
-        }
         let summary = card.summary();
-        let payment = self
-            .move_to(
-                &tenant,
-                payment,
-                PaymentState::Submitted,
-                None,
-                "",
-                Some(&summary),
-            )
-            .await?;
+        let mut payment = payment;
+        let mut submitted = None;
+        if payment.state == PaymentState::Created {
+            submitted = self.open_and_submit(&tenant, &payment, &summary).await?;
+            if submitted.is_none() {
+                // Changed meanwhile: step by step from what it now is.
+                payment = self.get_payment(&tenant, &payment.payment_id).await?;
+            }
+        }
+        let payment = match submitted {
+            Some(submitted) => submitted,
+            None => {
+                if payment.state == PaymentState::Created {
+                    payment = self
+                        .move_to(&tenant, payment, PaymentState::Started, None, "", None)
+                        .await?;
+                }
+                self.move_to(
+                    &tenant,
+                    payment,
+                    PaymentState::Submitted,
+                    None,
+                    "",
+                    Some(&summary),
+                )
+                .await?
+            }
+        };
         let outcome = gateway
             .authorise(&payment.payment_id, card, payment.amount())
             .await;
         self.record_authorisation(payment, outcome).await
+    }
+
+    /// A CREATED payment opened and its card submitted in one commit (two
+    /// events): one wait for the writer instead of two. `None` when the
+    /// payment was no longer CREATED (nothing was written).
+    async fn open_and_submit(
+        &self,
+        tenant: &Tenant,
+        payment: &Payment,
+        card: &CardSummary,
+    ) -> Result<Option<Payment>, PaymentsError> {
+        let now = now_micros();
+        let step = |from, to, card: Option<CardSummary>| -> Result<Write, PaymentsError> {
+            Ok(Write::Change {
+                tenant: tenant.clone(),
+                payment_id: payment.payment_id.clone(),
+                change: StateChange {
+                    from,
+                    to,
+                    event: state::transition(from, to, None)?,
+                    reason: None,
+                    message: String::new(),
+                    card,
+                    fee_minor: None,
+                    postings: Vec::new(),
+                    now,
+                },
+            })
+        };
+        let writes = vec![
+            step(PaymentState::Created, PaymentState::Started, None)?,
+            step(
+                PaymentState::Started,
+                PaymentState::Submitted,
+                Some(card.clone()),
+            )?,
+        ];
+        let mut written = self.writer.write_all(writes).await?;
+        let (submitted, opened) = (written.pop(), written.pop());
+        if matches!(opened, Some(Written::Done(_))) {
+            self.events_recorded();
+        }
+        match submitted {
+            Some(Written::Done(submitted)) => {
+                tracing::info!(payment_id = %submitted.payment_id, "payment opened and card submitted");
+                Ok(Some(submitted))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Moves a SUBMITTED payment to what the gateway answered.

@@ -5,8 +5,10 @@
 //! ([`store::write_group`]), so a busy service pays one commit and a few
 //! statements for many requests instead of a transaction each. A request is
 //! answered only after the transaction that holds its write commits. If a
-//! group fails, its writes are retried one by one, so that one bad write
-//! (or a deadlock between two groups) fails only itself.
+//! group fails, its requests are retried one at a time, so that one bad
+//! write (or a deadlock between two groups) fails only its own request. A
+//! request may queue several writes (the card step's STARTED and
+//! SUBMITTED): they share one transaction, in order.
 
 use std::time::Instant;
 
@@ -20,17 +22,22 @@ const GROUP_MAX: usize = 512;
 /// Transactions being written at once: one collects while another commits.
 const WRITERS: usize = 2;
 
-type Reply = oneshot::Sender<Result<Written, PaymentsError>>;
+/// The writes of one request (committed together, in order) and where
+/// their answers go.
+type Unit = (
+    Vec<Write>,
+    oneshot::Sender<Result<Vec<Written>, PaymentsError>>,
+);
 
 pub(crate) struct Writer {
-    queue: mpsc::Sender<(Write, Reply)>,
+    queue: mpsc::Sender<Unit>,
 }
 
 impl Writer {
     /// Starts the writer tasks on the current runtime; they stop when the
     /// writer is dropped.
     pub(crate) fn start(db: Database) -> Self {
-        let (queue, receiver) = mpsc::channel::<(Write, Reply)>(GROUP_MAX * 8);
+        let (queue, receiver) = mpsc::channel::<Unit>(GROUP_MAX * 8);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..WRITERS {
             let (db, receiver) = (db.clone(), receiver.clone());
@@ -50,9 +57,21 @@ impl Writer {
 
     /// Queues `write` and waits for its transaction to commit.
     pub(crate) async fn write(&self, write: Write) -> Result<Written, PaymentsError> {
+        self.write_all(vec![write])
+            .await?
+            .pop()
+            .ok_or(PaymentsError::Corrupt("empty group result"))
+    }
+
+    /// Queues writes that must commit together, in this order, and waits
+    /// for their transaction to commit; one answer per write.
+    pub(crate) async fn write_all(
+        &self,
+        writes: Vec<Write>,
+    ) -> Result<Vec<Written>, PaymentsError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((write, reply))
+            .send((writes, reply))
             .await
             .map_err(|_| PaymentsError::Storage(sqlx::Error::PoolClosed))?;
         answer
@@ -61,8 +80,13 @@ impl Writer {
     }
 }
 
-async fn write(db: &Database, group: &mut Vec<(Write, Reply)>) {
-    let (writes, replies): (Vec<Write>, Vec<Reply>) = group.drain(..).unzip();
+async fn write(db: &Database, group: &mut Vec<Unit>) {
+    let mut writes = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    for (unit, reply) in group.drain(..) {
+        replies.push((unit.len(), reply));
+        writes.extend(unit);
+    }
     let started = Instant::now();
     let result = store::write_group(db, &writes).await;
     tracing::debug!(
@@ -73,26 +97,22 @@ async fn write(db: &Database, group: &mut Vec<(Write, Reply)>) {
     );
     match result {
         Ok(written) => {
-            for (reply, written) in replies.into_iter().zip(written) {
-                let _ = reply.send(Ok(written));
+            let mut written = written.into_iter();
+            for (len, reply) in replies {
+                let _ = reply.send(Ok(written.by_ref().take(len).collect()));
             }
         }
-        Err(error) if writes.len() == 1 => {
-            if let Some(reply) = replies.into_iter().next() {
+        Err(error) if replies.len() == 1 => {
+            if let Some((_, reply)) = replies.pop() {
                 let _ = reply.send(Err(error));
             }
         }
         Err(error) => {
-            tracing::warn!(%error, writes = writes.len(), "a group commit failed; writing one by one");
-            for (write, reply) in writes.iter().zip(replies) {
-                let single = store::write_group(db, std::slice::from_ref(write))
-                    .await
-                    .and_then(|mut written| {
-                        written
-                            .pop()
-                            .ok_or(PaymentsError::Corrupt("empty group result"))
-                    });
-                let _ = reply.send(single);
+            tracing::warn!(%error, writes = writes.len(), "a group commit failed; writing one request at a time");
+            let mut writes = writes.into_iter();
+            for (len, reply) in replies {
+                let unit: Vec<Write> = writes.by_ref().take(len).collect();
+                let _ = reply.send(store::write_group(db, &unit).await);
             }
         }
     }
