@@ -59,6 +59,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     retention::idempotency_keys_are_kept_a_day_then_pruned,
     retention::cursors_older_than_the_kept_events_are_out_of_range,
     retention::concurrent_webhook_endpoint_creates_never_pass_the_limit,
+    retention::a_group_applies_changes_in_order_and_claims_each_key_once,
 ];
 
 /// Tests that need Chromium and chromedriver: left out, with the reason

@@ -337,3 +337,111 @@ pub async fn concurrent_webhook_endpoint_creates_never_pass_the_limit(
     );
     Ok(())
 }
+
+/// Group commit at the store: two changes of one payment in a group are
+/// applied in order (PostgreSQL's path for groups that change a payment
+/// twice), and two creates with one key in a group create one payment.
+pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    use atiende_payments::domain::payment::Tenant;
+    use atiende_payments::domain::state::{EventType, PaymentState};
+    use atiende_payments::store::{self, StateChange, Write, Written};
+
+    let app = TestApp::spawn(engine).await?;
+    let (agency, token) = agency_token(ALL);
+    let tenant = Tenant {
+        agency_id: agency,
+        environment: atiende_platform::auth::Environment::Sandbox,
+    };
+    let db = app.payments.database();
+    let payment = app.create(&token, payment_request(1_000, "CLP")).await;
+    let change = |from, to, event| Write::Change {
+        tenant: tenant.clone(),
+        payment_id: payment.payment_id.clone(),
+        change: StateChange {
+            from,
+            to,
+            event,
+            reason: None,
+            message: String::new(),
+            card: None,
+            fee_minor: None,
+            postings: Vec::new(),
+            now: now_micros(),
+        },
+    };
+    let written = store::write_group(
+        db,
+        &[
+            change(
+                PaymentState::Created,
+                PaymentState::Started,
+                EventType::PaymentStarted,
+            ),
+            change(
+                PaymentState::Started,
+                PaymentState::Cancelled,
+                EventType::PaymentCancelled,
+            ),
+            // Its condition no longer holds: skipped, the others kept.
+            change(
+                PaymentState::Started,
+                PaymentState::Cancelled,
+                EventType::PaymentCancelled,
+            ),
+        ],
+    )
+    .await?;
+    assert!(matches!(
+        written.as_slice(),
+        [Written::Done(_), Written::Done(_), Written::Skipped]
+    ));
+    assert_eq!(
+        app.get(&token, &payment.payment_id).await.state(),
+        S::Cancelled
+    );
+    let types: Vec<_> = crate::lifecycle::list_events(&app, &token, &payment.payment_id)
+        .await
+        .iter()
+        .map(|e| e.r#type())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            pb::PaymentEventType::PaymentCreated,
+            pb::PaymentEventType::PaymentStarted,
+            pb::PaymentEventType::PaymentCancelled
+        ]
+    );
+
+    // Two creates with one key: one is written, the other skipped.
+    let service = app.payments.service();
+    let mut first = service.get_payment(&tenant, &payment.payment_id).await?;
+    first.payment_id = atiende_platform::ids::new_id("pay");
+    first.state = PaymentState::Created;
+    let mut second = first.clone();
+    second.payment_id = atiende_platform::ids::new_id("pay");
+    let create = |p: &atiende_payments::domain::payment::Payment| Write::Create {
+        payment: p.clone(),
+        idempotency: Some(("group-key".into(), "hash".into())),
+    };
+    let written = store::write_group(db, &[create(&first), create(&second)]).await?;
+    assert!(matches!(
+        written.as_slice(),
+        [Written::Done(_), Written::Skipped]
+    ));
+    assert_eq!(app.get(&token, &first.payment_id).await.state(), S::Created);
+    let missing = app
+        .payments()
+        .get_payment(authed(
+            pb::GetPaymentRequest {
+                payment_id: second.payment_id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    Ok(())
+}
