@@ -40,6 +40,14 @@ pub struct PaymentSettings {
     /// when this instance records events).
     #[serde(with = "millis")]
     pub webhook_interval_ms: Duration,
+    /// How long idempotency keys are remembered (at least 24 hours); the
+    /// expiry job prunes older ones.
+    pub idempotency_key_retention_hours: u64,
+    /// How long payment events are kept (at least 4 days: webhook
+    /// deliveries are retried for 3); the expiry job prunes older ones,
+    /// and a stream or list resumed from a cursor older than what is kept
+    /// is answered `OUT_OF_RANGE`.
+    pub event_retention_days: u64,
 }
 
 /// What an agency pays and may charge.
@@ -99,6 +107,8 @@ impl Default for PaymentSettings {
             agencies: BTreeMap::new(),
             expiry_interval_ms: Duration::from_secs(60),
             webhook_interval_ms: Duration::from_secs(1),
+            idempotency_key_retention_hours: 24,
+            event_retention_days: 90,
         }
     }
 }

@@ -7,6 +7,10 @@
 //! number and CVC for the duration of one call, and must not keep or log
 //! them.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use atiende_platform::auth::BoxFuture;
 
 use crate::domain::card::{CardSubmission, CardSummary};
@@ -26,6 +30,18 @@ pub enum Authorisation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefundOutcome {
     Succeeded,
+    Failed,
+}
+
+/// What the provider answered to a void (the release of an
+/// authorisation that will not be captured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoidOutcome {
+    /// The hold is released (also when it already was): the payer is not
+    /// charged.
+    Voided,
+    /// The provider could not be reached or failed; the hold may still be
+    /// there, and the void must be tried again.
     Failed,
 }
 
@@ -58,6 +74,11 @@ pub trait CardGateway: Send + Sync {
         refund_id: &'a str,
         amount: Money,
     ) -> BoxFuture<'a, RefundOutcome>;
+
+    /// Releases the authorisation of `payment_id` (a payment authorised
+    /// for a delayed capture that is cancelled or expires). Must be
+    /// idempotent: voiding a voided authorisation answers `Voided`.
+    fn void<'a>(&'a self, payment_id: &'a str, amount: Money) -> BoxFuture<'a, VoidOutcome>;
 }
 
 /// The documented sandbox test cards and what they do.
@@ -89,9 +110,14 @@ pub const SANDBOX_TEST_CARDS: &[(&str, Authorisation)] = &[
 const REFUNDS_FAIL: (&str, &str) = ("400000", "5126");
 
 /// Simulated money: decides by test card number; refunds succeed except
-/// for the one test card whose refunds fail.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SandboxGateway;
+/// for the one test card whose refunds fail. Voids succeed (unless
+/// [`SandboxGateway::set_voids_fail`] says otherwise) and are remembered,
+/// so that tests can check that a hold was released.
+#[derive(Debug, Default)]
+pub struct SandboxGateway {
+    voided: Mutex<HashSet<String>>,
+    voids_fail: AtomicBool,
+}
 
 impl SandboxGateway {
     /// Whether a card number (digits only) is one of the test cards.
@@ -107,6 +133,20 @@ impl SandboxGateway {
             .iter()
             .find(|(number, _)| *number == card.number.expose_digits())
             .map(|(_, outcome)| *outcome)
+    }
+
+    /// Whether the authorisation of `payment_id` was voided.
+    pub fn was_voided(&self, payment_id: &str) -> bool {
+        self.voided
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(payment_id)
+    }
+
+    /// Makes every void fail (`true`) or succeed again: the simulated
+    /// provider outage that the recovery of voids is tested with.
+    pub fn set_voids_fail(&self, fail: bool) {
+        self.voids_fail.store(fail, Ordering::SeqCst);
     }
 }
 
@@ -155,6 +195,19 @@ impl CardGateway for SandboxGateway {
             RefundOutcome::Failed
         } else {
             RefundOutcome::Succeeded
+        };
+        Box::pin(async move { outcome })
+    }
+
+    fn void<'a>(&'a self, payment_id: &'a str, _amount: Money) -> BoxFuture<'a, VoidOutcome> {
+        let outcome = if self.voids_fail.load(Ordering::SeqCst) {
+            VoidOutcome::Failed
+        } else {
+            self.voided
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(payment_id.to_owned());
+            VoidOutcome::Voided
         };
         Box::pin(async move { outcome })
     }

@@ -33,7 +33,7 @@ use atiende_platform::storage::Database;
 use atiende_proto::payments::v1 as pb;
 
 use crate::config::PaymentsConfig;
-use crate::service::{PaymentsService, TermsBook};
+use crate::service::{PaymentsService, Retention, TermsBook};
 
 pub const SERVICE_NAME: &str = "payments";
 
@@ -74,11 +74,14 @@ impl Payments {
     ) -> anyhow::Result<Self> {
         let terms = TermsBook::from_settings(&config.payments)
             .map_err(|e| anyhow::anyhow!("invalid [payments] configuration: {e}"))?;
+        let retention = Retention::from_settings(&config.payments)
+            .map_err(|e| anyhow::anyhow!("invalid [payments] configuration: {e}"))?;
         Ok(Self {
             service: Arc::new(PaymentsService::new(
                 db,
                 terms,
                 config.http.public_url.clone(),
+                retention,
                 shutdown,
             )?),
             max_message_bytes: config.grpc.max_message_bytes,

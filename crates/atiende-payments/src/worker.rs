@@ -29,6 +29,12 @@ pub fn spawn_expiry_job(
                 () = &mut stop => return,
                 _ = ticks.tick() => {}
             }
+            match service.recover_interrupted_voids(now_micros()).await {
+                Ok(0) => {}
+                Ok(recovered) => tracing::info!(recovered, "finished interrupted voids"),
+                Err(PaymentsError::Storage(sqlx::Error::PoolClosed)) => return,
+                Err(error) => tracing::warn!(%error, "void recovery failed; retrying later"),
+            }
             match service.recover_interrupted_payments(now_micros()).await {
                 Ok(0) => {}
                 Ok(recovered) => tracing::info!(recovered, "recovered interrupted payments"),
@@ -46,6 +52,14 @@ pub fn spawn_expiry_job(
                 Ok(finished) => tracing::info!(finished, "finished interrupted refunds"),
                 Err(PaymentsError::Storage(sqlx::Error::PoolClosed)) => return,
                 Err(error) => tracing::warn!(%error, "refund recovery failed; retrying later"),
+            }
+            match service.prune_expired_records(now_micros()).await {
+                Ok((0, 0)) => {}
+                Ok((keys, events)) => {
+                    tracing::info!(keys, events, "pruned idempotency keys and events")
+                }
+                Err(PaymentsError::Storage(sqlx::Error::PoolClosed)) => return,
+                Err(error) => tracing::warn!(%error, "retention job failed; retrying later"),
             }
         }
     })
@@ -73,6 +87,16 @@ pub fn spawn_webhook_job(
                 _ = written.changed() => {}
                 () = tokio::time::sleep(interval) => {}
             }
+            // Under load events are recorded continuously: without a pause
+            // the job would run (and query) back to back, for nothing
+            // when no endpoint is registered.
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(WEBHOOK_WAKE_PAUSE) => {}
+            }
         }
     })
 }
+
+/// The shortest time between two runs of the webhook job woken by events.
+const WEBHOOK_WAKE_PAUSE: Duration = Duration::from_millis(100);

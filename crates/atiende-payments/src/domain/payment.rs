@@ -86,6 +86,9 @@ pub struct Payment {
     pub expire_time: i64,
     pub create_time: i64,
     pub update_time: i64,
+    /// A CAPTURABLE payment whose authorisation is being voided (it is
+    /// being cancelled or expired): it can no longer be captured.
+    pub void_requested: bool,
 }
 
 impl Payment {

@@ -205,7 +205,13 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         // Resolved before answering: every event recorded after the call
         // returns is streamed.
         let cursor = match cursor {
-            Some(cursor) => cursor,
+            Some(cursor) => {
+                self.0
+                    .check_event_cursor(cursor)
+                    .await
+                    .map_err(ApiError::from)?;
+                cursor
+            }
             None => self
                 .0
                 .current_event_cursor()

@@ -25,6 +25,29 @@ impl PaymentsService {
         store::last_event_sequence(&self.db).await
     }
 
+    /// Refuses a cursor older than the events kept: resuming from it would
+    /// silently skip the pruned events.
+    pub async fn check_event_cursor(&self, cursor: i64) -> Result<(), PaymentsError> {
+        if cursor < store::events_pruned_through(&self.db).await? {
+            return Err(PaymentsError::CursorTooOld);
+        }
+        Ok(())
+    }
+
+    /// The retention job: prunes idempotency keys and events older than
+    /// they are kept, as of `now` (a parameter, so that tests drive it
+    /// without waiting). Returns how many keys and events.
+    pub async fn prune_expired_records(&self, now: i64) -> Result<(u64, u64), PaymentsError> {
+        let keys = store::prune_idempotency_keys(
+            &self.db,
+            now.saturating_sub(self.retention.idempotency_key_micros),
+        )
+        .await?;
+        let events =
+            store::prune_events(&self.db, now.saturating_sub(self.retention.event_micros)).await?;
+        Ok((keys, events))
+    }
+
     /// Streams the tenant's events after `cursor` into `sink`, in recording
     /// order, until the receiver goes away or the server shuts down. An
     /// error ends the stream after being sent.

@@ -28,10 +28,10 @@ use crate::domain::webhook::{
     DELIVERY_WINDOW_MICROS, WEBHOOK_ENDPOINT_ID_PREFIX, WebhookEndpoint, new_signing_secret,
     retry_delay_micros,
 };
-use crate::gateway::{Authorisation, CardGateway, RefundOutcome, SandboxGateway};
+use crate::gateway::{Authorisation, CardGateway, RefundOutcome, SandboxGateway, VoidOutcome};
 use crate::store::{
     self, AccountBalance, EndpointInsert, ExportCursor, PaymentFilter, RefundFilter, RefundInsert,
-    StateChange,
+    StateChange, VoidFor, Write, Written,
 };
 use crate::webhook::{self, DeliveryOutcome};
 
@@ -61,6 +61,15 @@ pub enum PaymentsError {
     PaymentExpired,
     #[error("no card gateway is configured for live payments")]
     NoGateway,
+    #[error("the payment is being cancelled: its authorisation is being released")]
+    BeingVoided,
+    #[error("the card gateway did not answer")]
+    GatewayUnavailable,
+    #[error(
+        "the cursor is older than the events kept: start again without a cursor \
+         (and read the payments' current state)"
+    )]
+    CursorTooOld,
     #[error("webhook endpoint not found")]
     WebhookEndpointNotFound,
     #[error("an agency has at most 16 webhook endpoints in each environment")]
@@ -89,10 +98,13 @@ impl From<PaymentsError> for ApiError {
             | PaymentsError::NotRefundable
             | PaymentsError::PaymentExpired
             | PaymentsError::NoGateway
+            | PaymentsError::BeingVoided
             | PaymentsError::TooManyWebhookEndpoints => {
                 ApiError::FailedPrecondition(error.to_string())
             }
             PaymentsError::SandboxOnly => ApiError::PermissionDenied(error.to_string()),
+            PaymentsError::GatewayUnavailable => ApiError::Unavailable,
+            PaymentsError::CursorTooOld => ApiError::OutOfRange(error.to_string()),
             PaymentsError::Storage(e) => ApiError::from(e),
             PaymentsError::Corrupt(_) => ApiError::internal(error),
         }
@@ -185,8 +197,33 @@ impl TermsBook {
     }
 }
 
+/// How long idempotency keys and events are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub idempotency_key_micros: i64,
+    pub event_micros: i64,
+}
+
+impl Retention {
+    pub fn from_settings(settings: &PaymentSettings) -> Result<Self, String> {
+        const HOUR: i64 = 3_600_000_000;
+        if settings.idempotency_key_retention_hours < 24 {
+            return Err("idempotency_key_retention_hours must be at least 24".into());
+        }
+        if settings.event_retention_days < 4 {
+            return Err("event_retention_days must be at least 4".into());
+        }
+        let hours = |h: u64| i64::try_from(h).unwrap_or(i64::MAX).saturating_mul(HOUR);
+        Ok(Self {
+            idempotency_key_micros: hours(settings.idempotency_key_retention_hours),
+            event_micros: hours(settings.event_retention_days.saturating_mul(24)),
+        })
+    }
+}
+
 pub struct PaymentsService {
     pub(crate) db: Database,
+    retention: Retention,
     /// Bumped after every commit that recorded events, to wake this
     /// instance's event streams (other instances' events are polled).
     events_written: watch::Sender<u64>,
@@ -197,12 +234,16 @@ pub struct PaymentsService {
     pub(crate) public_url: String,
     /// Sandbox payments always use the sandbox gateway.
     pub(crate) sandbox: Arc<dyn CardGateway>,
+    /// The same, as itself (what it voided, for tests).
+    sandbox_gateway: Arc<SandboxGateway>,
     /// No live gateway is built in yet.
     pub(crate) live: Option<Arc<dyn CardGateway>>,
     /// Delivers sandbox webhooks.
     http: reqwest::Client,
     /// Delivers live webhooks, to public addresses only.
     http_live: reqwest::Client,
+    /// Group commit of creates and state changes.
+    writer: writer::Writer,
 }
 
 /// Most ledger entries in one export chunk.
@@ -224,18 +265,23 @@ impl PaymentsService {
         db: Database,
         terms: TermsBook,
         public_url: String,
+        retention: Retention,
         shutdown: Shutdown,
     ) -> Result<Self, reqwest::Error> {
+        let sandbox_gateway = Arc::new(SandboxGateway::default());
         Ok(Self {
-            db,
+            db: db.clone(),
+            retention,
             events_written: watch::channel(0).0,
             shutdown,
             terms,
             public_url,
-            sandbox: Arc::new(SandboxGateway),
+            sandbox: sandbox_gateway.clone(),
+            sandbox_gateway,
             live: None,
             http: webhook::client()?,
             http_live: webhook::live_client()?,
+            writer: writer::Writer::start(db),
         })
     }
 
@@ -246,6 +292,11 @@ impl PaymentsService {
 
     fn events_recorded(&self) {
         self.events_written.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The gateway of sandbox payments.
+    pub fn sandbox_gateway(&self) -> &SandboxGateway {
+        &self.sandbox_gateway
     }
 
     pub fn public_url(&self) -> &str {
@@ -279,6 +330,7 @@ mod page;
 mod payments;
 mod refunds;
 mod webhooks;
+mod writer;
 
 #[cfg(test)]
 mod tests {

@@ -40,8 +40,13 @@ impl PaymentsService {
             expire_time: now.saturating_add(PAYMENT_LIFETIME_MICROS),
             create_time: now,
             update_time: now,
+            void_requested: false,
         };
-        if store::create_payment(&self.db, &payment, idempotency).await? {
+        let write = Write::Create {
+            payment,
+            idempotency: idempotency.map(|(key, hash)| (key.to_owned(), hash.to_owned())),
+        };
+        if let Written::Done(payment) = self.writer.write(write).await? {
             self.events_recorded();
             tracing::info!(payment_id = %payment.payment_id, agency_id = %tenant.agency_id, "payment created");
             return Ok(payment);
@@ -101,9 +106,9 @@ impl PaymentsService {
         page_size: PageSize,
         after_sequence: Option<i64>,
     ) -> Result<Page<PaymentEvent>, PaymentsError> {
-        // The payment itself must be the tenant's (an empty list would
-        // not tell "none yet" from "not yours").
-        self.get_payment(tenant, payment_id).await?;
+        if let Some(after) = after_sequence {
+            self.check_event_cursor(after).await?;
+        }
         let items = store::list_payment_events(
             &self.db,
             tenant,
@@ -112,6 +117,11 @@ impl PaymentsService {
             page_size.fetch_limit(),
         )
         .await?;
+        // Events are listed only when the payment is the tenant's; an empty
+        // list must still tell "none yet" from "not yours".
+        if items.is_empty() {
+            self.get_payment(tenant, payment_id).await?;
+        }
         Ok(Page::from_overfetch(items, page_size, |e| {
             e.sequence.to_string()
         }))
@@ -147,25 +157,28 @@ impl PaymentsService {
                 to,
                 event,
                 reason,
-                message,
-                card,
+                message: message.to_owned(),
+                card: card.cloned(),
                 fee_minor,
                 postings,
                 now: now_micros(),
             };
-            if let Some(changed) =
-                store::change_state(&self.db, tenant, &payment.payment_id, &change).await?
-            {
+            let from = change.from;
+            let write = Write::Change {
+                tenant: tenant.clone(),
+                payment_id: payment.payment_id.clone(),
+                change,
+            };
+            if let Written::Done(changed) = self.writer.write(write).await? {
                 self.events_recorded();
                 tracing::info!(
                     payment_id = %changed.payment_id,
-                    from = change.from.as_str(),
+                    from = from.as_str(),
                     to = to.as_str(),
                     "payment state changed"
                 );
                 return Ok(changed);
             }
-            let from = payment.state;
             payment = self.get_payment(tenant, &payment.payment_id).await?;
             // Expiry and cancellation act on the state they saw: if the
             // payer moved on meanwhile (a card being charged), they lose.
@@ -199,6 +212,9 @@ impl PaymentsService {
         if payment.state == PaymentState::Success {
             return Ok(payment);
         }
+        if payment.void_requested {
+            return Err(PaymentsError::BeingVoided);
+        }
         if payment.state != PaymentState::Capturable {
             return Err(IllegalTransition {
                 from: payment.state,
@@ -215,6 +231,11 @@ impl PaymentsService {
                 from: PaymentState::Success,
                 ..
             })) => self.get_payment(tenant, payment_id).await,
+            // A concurrent cancel asked for the void first.
+            Err(PaymentsError::IllegalTransition(IllegalTransition {
+                from: PaymentState::Capturable,
+                ..
+            })) => Err(PaymentsError::BeingVoided),
             other => other,
         }
     }
@@ -230,8 +251,11 @@ impl PaymentsService {
         if payment.state == PaymentState::Cancelled {
             return Ok(payment);
         }
-        match self
-            .move_to(
+        let cancelled = if payment.state == PaymentState::Capturable {
+            self.void_then_end(tenant, payment, VoidFor::Cancellation)
+                .await
+        } else {
+            self.move_to(
                 tenant,
                 payment,
                 PaymentState::Cancelled,
@@ -240,13 +264,103 @@ impl PaymentsService {
                 None,
             )
             .await
-        {
+        };
+        match cancelled {
             Err(PaymentsError::IllegalTransition(IllegalTransition {
                 from: PaymentState::Cancelled,
                 ..
             })) => self.get_payment(tenant, payment_id).await,
             other => other,
         }
+    }
+
+    /// Ends a CAPTURABLE payment whose authorisation will not be captured:
+    /// first marks it (so that it can no longer be captured), then voids
+    /// the hold at the gateway, and only then records the new state and
+    /// its event. A void the gateway fails leaves the payment CAPTURABLE
+    /// and marked, answers `UNAVAILABLE`, and is finished by the recovery
+    /// job ([`Self::recover_interrupted_voids`]): the payer is never
+    /// charged for a payment that ends cancelled or expired.
+    async fn void_then_end(
+        &self,
+        tenant: &Tenant,
+        payment: Payment,
+        void_for: VoidFor,
+    ) -> Result<Payment, PaymentsError> {
+        let requested = store::request_void(
+            &self.db,
+            tenant,
+            &payment.payment_id,
+            void_for,
+            now_micros(),
+        )
+        .await?;
+        let Some(recorded) = requested else {
+            // No longer CAPTURABLE: captured, or ended, meanwhile.
+            let now = self.get_payment(tenant, &payment.payment_id).await?;
+            return Err(IllegalTransition {
+                from: now.state,
+                to: void_target(void_for).0,
+            }
+            .into());
+        };
+        let ended = self.finish_void(tenant, payment, recorded).await?;
+        if recorded != void_for {
+            // An earlier request (expiry, or cancellation) decided the end.
+            return Err(IllegalTransition {
+                from: ended.state,
+                to: void_target(void_for).0,
+            }
+            .into());
+        }
+        Ok(ended)
+    }
+
+    /// Voids the hold of a payment marked for it and records what the
+    /// payment becomes.
+    async fn finish_void(
+        &self,
+        tenant: &Tenant,
+        payment: Payment,
+        void_for: VoidFor,
+    ) -> Result<Payment, PaymentsError> {
+        let gateway = self.gateway(tenant.environment)?;
+        match gateway.void(&payment.payment_id, payment.amount()).await {
+            VoidOutcome::Voided => {}
+            VoidOutcome::Failed => {
+                tracing::warn!(payment_id = %payment.payment_id, "the gateway failed a void; the recovery job retries it");
+                return Err(PaymentsError::GatewayUnavailable);
+            }
+        }
+        let (to, reason, message) = void_target(void_for);
+        self.move_to(tenant, payment, to, Some(reason), message, None)
+            .await
+    }
+
+    /// The recovery job for voids: a payment still CAPTURABLE a minute
+    /// after its void was requested had its void failed by the gateway, or
+    /// lost its process; the void is tried again and, once done, the
+    /// payment ends as was asked. Returns how many. `now` is a parameter
+    /// so tests drive the job without waiting.
+    pub async fn recover_interrupted_voids(&self, now: i64) -> Result<usize, PaymentsError> {
+        const STALE_AFTER_MICROS: i64 = 60 * 1_000_000;
+        let mut recovered = 0;
+        for item in
+            store::pending_voids(&self.db, now.saturating_sub(STALE_AFTER_MICROS), 100).await?
+        {
+            let Some(payment) =
+                store::get_payment(&self.db, &item.tenant, &item.payment_id).await?
+            else {
+                continue;
+            };
+            match self.finish_void(&item.tenant, payment, item.void_for).await {
+                Ok(_) => recovered += 1,
+                // Finished meanwhile, or the gateway still fails: later.
+                Err(PaymentsError::IllegalTransition(_) | PaymentsError::GatewayUnavailable) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(recovered)
     }
 
     /// Plays the payer's card step (sandbox only): opens the page if it
@@ -282,27 +396,88 @@ impl PaymentsService {
         let tenant = payment.tenant.clone();
         // Before any change: a payment no gateway can take stays as it is.
         let gateway = self.gateway(tenant.environment)?;
-        let mut payment = payment;
-        if payment.state == PaymentState::Created {
-            payment = self
-                .move_to(&tenant, payment, PaymentState::Started, None, "", None)
-                .await?;
-        }
         let summary = card.summary();
-        let payment = self
-            .move_to(
-                &tenant,
-                payment,
-                PaymentState::Submitted,
-                None,
-                "",
-                Some(&summary),
-            )
-            .await?;
+        let mut payment = payment;
+        let mut submitted = None;
+        if payment.state == PaymentState::Created {
+            submitted = self.open_and_submit(&tenant, &payment, &summary).await?;
+            if submitted.is_none() {
+                // Changed meanwhile: step by step from what it now is.
+                payment = self.get_payment(&tenant, &payment.payment_id).await?;
+            }
+        }
+        let payment = match submitted {
+            Some(submitted) => submitted,
+            None => {
+                if payment.state == PaymentState::Created {
+                    payment = self
+                        .move_to(&tenant, payment, PaymentState::Started, None, "", None)
+                        .await?;
+                }
+                self.move_to(
+                    &tenant,
+                    payment,
+                    PaymentState::Submitted,
+                    None,
+                    "",
+                    Some(&summary),
+                )
+                .await?
+            }
+        };
         let outcome = gateway
             .authorise(&payment.payment_id, card, payment.amount())
             .await;
         self.record_authorisation(payment, outcome).await
+    }
+
+    /// A CREATED payment opened and its card submitted in one commit (two
+    /// events): one wait for the writer instead of two. `None` when the
+    /// payment was no longer CREATED (nothing was written).
+    async fn open_and_submit(
+        &self,
+        tenant: &Tenant,
+        payment: &Payment,
+        card: &CardSummary,
+    ) -> Result<Option<Payment>, PaymentsError> {
+        let now = now_micros();
+        let step = |from, to, card: Option<CardSummary>| -> Result<Write, PaymentsError> {
+            Ok(Write::Change {
+                tenant: tenant.clone(),
+                payment_id: payment.payment_id.clone(),
+                change: StateChange {
+                    from,
+                    to,
+                    event: state::transition(from, to, None)?,
+                    reason: None,
+                    message: String::new(),
+                    card,
+                    fee_minor: None,
+                    postings: Vec::new(),
+                    now,
+                },
+            })
+        };
+        let writes = vec![
+            step(PaymentState::Created, PaymentState::Started, None)?,
+            step(
+                PaymentState::Started,
+                PaymentState::Submitted,
+                Some(card.clone()),
+            )?,
+        ];
+        let mut written = self.writer.write_all(writes).await?;
+        let (submitted, opened) = (written.pop(), written.pop());
+        if matches!(opened, Some(Written::Done(_))) {
+            self.events_recorded();
+        }
+        match submitted {
+            Some(Written::Done(submitted)) => {
+                tracing::info!(payment_id = %submitted.payment_id, "payment opened and card submitted");
+                Ok(Some(submitted))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Moves a SUBMITTED payment to what the gateway answered.
@@ -393,8 +568,12 @@ impl PaymentsService {
                 else {
                     continue;
                 };
-                match self
-                    .move_to(
+                let ended = if payment.state == PaymentState::Capturable {
+                    // The hold is released before the payment fails.
+                    self.void_then_end(&item.tenant, payment, VoidFor::Expiry)
+                        .await
+                } else {
+                    self.move_to(
                         &item.tenant,
                         payment,
                         PaymentState::Failed,
@@ -403,14 +582,18 @@ impl PaymentsService {
                         None,
                     )
                     .await
-                {
+                };
+                match ended {
                     Ok(_) => {
                         expired += 1;
                         progressed = true;
                     }
                     // Finished meanwhile (paid, cancelled, or expired by
-                    // another instance): nothing to do.
-                    Err(PaymentsError::IllegalTransition(_)) => {}
+                    // another instance): nothing to do. A void the gateway
+                    // failed is retried by the recovery of voids.
+                    Err(
+                        PaymentsError::IllegalTransition(_) | PaymentsError::GatewayUnavailable,
+                    ) => {}
                     Err(other) => return Err(other),
                 }
             }
@@ -418,6 +601,22 @@ impl PaymentsService {
                 return Ok(expired);
             }
         }
+    }
+}
+
+/// What a voided payment becomes: its state, reason and message.
+fn void_target(void_for: VoidFor) -> (PaymentState, FailureReason, &'static str) {
+    match void_for {
+        VoidFor::Cancellation => (
+            PaymentState::Cancelled,
+            FailureReason::CancelledByAgency,
+            "cancelled by the agency",
+        ),
+        VoidFor::Expiry => (
+            PaymentState::Failed,
+            FailureReason::Expired,
+            "the authorisation was not captured within 7 days",
+        ),
     }
 }
 

@@ -4,6 +4,12 @@ use super::*;
 
 /// The events of one payment and its refunds, oldest first, after the
 /// cursor (a sequence number).
+///
+/// The tenant is checked on the payment, not on the events: with the
+/// tenant's columns of `payment_events` in the condition, PostgreSQL's
+/// generic plan (prepared statements) walked the tenant's index
+/// (`payment_events_by_tenant`) and filtered on the payment, reading every
+/// event of the agency for each call.
 pub async fn list_payment_events(
     db: &Database,
     tenant: &Tenant,
@@ -14,7 +20,7 @@ pub async fn list_payment_events(
     let rows: Vec<EventRow> = on_db!(db, pool => {
         sqlx::query_as(
             concat!(select_events!(), "\
-             WHERE e.agency_id = $1 AND e.environment = $2 AND e.payment_id = $3 \
+             WHERE e.payment_id = $3 AND p.agency_id = $1 AND p.environment = $2 \
              AND e.sequence > $4 ORDER BY e.sequence LIMIT $5"),
         )
         .bind(&tenant.agency_id)
@@ -99,4 +105,68 @@ pub async fn tenant_events(
         .await?
     });
     rows.into_iter().map(PaymentEvent::try_from).collect()
+}
+
+/// The highest sequence number of the events pruned so far (0 when none
+/// was): a cursor before it would skip events, and is refused.
+pub async fn events_pruned_through(db: &Database) -> Result<i64, PaymentsError> {
+    let value: Option<String> = on_db!(db, pool => {
+        sqlx::query_scalar("SELECT value FROM payments_service WHERE key = 'events_pruned_through'")
+            .fetch_optional(pool)
+            .await?
+    });
+    value
+        .map(|v| v.parse().map_err(|_| corrupt("events_pruned_through")))
+        .transpose()
+        .map(|v| v.unwrap_or(0))
+}
+
+/// Deletes the events recorded before `occurred_before`, and the webhook
+/// deliveries of that time (they end within 3 days: retention is longer),
+/// raising the pruned-through mark first. Returns how many events.
+pub async fn prune_events(db: &Database, occurred_before: i64) -> Result<u64, PaymentsError> {
+    let pruned = on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO payments_service (key, value) \
+             SELECT 'events_pruned_through', CAST(m AS TEXT) FROM (SELECT MAX(sequence) AS m \
+             FROM payment_events WHERE occur_time < $1) AS pruned WHERE m IS NOT NULL \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value \
+             WHERE CAST(payments_service.value AS BIGINT) < CAST(excluded.value AS BIGINT)",
+        )
+        .bind(occurred_before)
+        .execute(&mut *tx)
+        .await?;
+        let pruned = sqlx::query(
+            "DELETE FROM payment_events WHERE occur_time < $1 AND sequence <= (SELECT \
+             CAST(value AS BIGINT) FROM payments_service WHERE key = 'events_pruned_through')",
+        )
+        .bind(occurred_before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM webhook_deliveries WHERE create_time < $1")
+            .bind(occurred_before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        pruned
+    });
+    Ok(pruned)
+}
+
+/// Deletes the idempotency keys claimed before `created_before`. Returns
+/// how many.
+pub async fn prune_idempotency_keys(
+    db: &Database,
+    created_before: i64,
+) -> Result<u64, PaymentsError> {
+    let pruned = on_db!(db, pool => {
+        sqlx::query("DELETE FROM idempotency_keys WHERE create_time < $1")
+            .bind(created_before)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(pruned)
 }

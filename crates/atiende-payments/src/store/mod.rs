@@ -45,6 +45,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "webhooks",
             include_str!("../../migrations/sqlite/0003_webhooks.sql"),
         ),
+        (
+            4,
+            "retention and voids",
+            include_str!("../../migrations/sqlite/0004_retention_and_voids.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -62,6 +67,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "webhooks",
             include_str!("../../migrations/postgres/0003_webhooks.sql"),
         ),
+        (
+            4,
+            "retention and voids",
+            include_str!("../../migrations/postgres/0004_retention_and_voids.sql"),
+        ),
     ],
 };
 
@@ -72,7 +82,7 @@ macro_rules! payment_columns {
          return_url, metadata, language, delayed_capture, state, failure_reason, failure_message, \
          card_brand, card_first_six, card_last_four, card_expiry_month, card_expiry_year, \
          cardholder_name, refund_submitted_minor, fee_minor, page_secret, expire_time, \
-         create_time, update_time"
+         create_time, update_time, void_requested_time"
     };
 }
 
@@ -104,6 +114,7 @@ struct PaymentRow {
     expire_time: i64,
     create_time: i64,
     update_time: i64,
+    void_requested_time: Option<i64>,
 }
 
 fn corrupt(what: &'static str) -> PaymentsError {
@@ -176,6 +187,7 @@ impl TryFrom<PaymentRow> for Payment {
             expire_time: row.expire_time,
             create_time: row.create_time,
             update_time: row.update_time,
+            void_requested: row.void_requested_time.is_some(),
         })
     }
 }
@@ -427,18 +439,21 @@ macro_rules! select_events {
          p.language, p.delayed_capture, e.state, e.failure_reason, e.failure_message, \
          p.card_brand, p.card_first_six, p.card_last_four, p.card_expiry_month, \
          p.card_expiry_year, p.cardholder_name, e.refund_submitted_minor, e.fee_minor, \
-         p.page_secret, p.expire_time, p.create_time, e.occur_time AS update_time \
+         p.page_secret, p.expire_time, p.create_time, e.occur_time AS update_time, \
+         p.void_requested_time \
          FROM payment_events e JOIN payments p ON p.payment_id = e.payment_id \
          LEFT JOIN refunds r ON r.refund_id = e.refund_id "
     };
 }
 
+mod batch;
 mod events;
 mod ledger;
 mod payments;
 mod refunds;
 mod webhooks;
 
+pub use batch::*;
 pub use events::*;
 pub use ledger::*;
 pub use payments::*;

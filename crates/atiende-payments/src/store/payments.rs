@@ -1,61 +1,7 @@
-//! Payments: create, read, list, change state, find stale ones.
+//! Payments: read, list, find stale ones (creates and state changes are
+//! written in groups, by `batch`).
 
 use super::*;
-
-/// Creates a payment and its `payment_created` event and, when a key is
-/// given, claims the key in the same transaction. `Ok(false)` when a
-/// concurrent request claimed the key first (nothing was written).
-pub async fn create_payment(
-    db: &Database,
-    p: &Payment,
-    idempotency: Option<(&str, &str)>,
-) -> Result<bool, PaymentsError> {
-    let metadata = serde_json::to_string(&p.new.metadata).map_err(|_| corrupt("metadata"))?;
-    on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
-        if let Some((key, hash)) = idempotency
-            && !claim_key!(tx, &p.tenant, "CreatePayment", key, hash, &p.payment_id, p.create_time)
-        {
-            return Ok(false);
-        }
-        sqlx::query(concat!(
-            "INSERT INTO payments (", payment_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, \
-             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
-             $25, $26)"
-        ))
-        .bind(&p.payment_id)
-        .bind(&p.tenant.agency_id)
-        .bind(p.tenant.environment.as_str())
-        .bind(p.new.amount.minor)
-        .bind(p.new.amount.currency.code())
-        .bind(&p.new.reference)
-        .bind(&p.new.description)
-        .bind(&p.new.return_url)
-        .bind(&metadata)
-        .bind(p.new.language.as_str())
-        .bind(i64::from(p.new.delayed_capture))
-        .bind(p.state.as_str())
-        .bind(p.failure_reason.map(FailureReason::as_str))
-        .bind(&p.failure_message)
-        .bind(None::<String>)
-        .bind(None::<String>)
-        .bind(None::<String>)
-        .bind(None::<i64>)
-        .bind(None::<i64>)
-        .bind(None::<String>)
-        .bind(p.refund_submitted_minor)
-        .bind(p.fee_minor)
-        .bind(&p.page_secret)
-        .bind(p.expire_time)
-        .bind(p.create_time)
-        .bind(p.update_time)
-        .execute(&mut *tx)
-        .await?;
-        insert_event!(tx, EventType::PaymentCreated, p, None);
-        tx.commit().await?;
-    });
-    Ok(true)
-}
 
 pub async fn get_payment(
     db: &Database,
@@ -140,74 +86,6 @@ pub async fn list_payments(
     rows.into_iter().map(Payment::try_from).collect()
 }
 
-/// A change of state, as the state machine allowed it.
-pub struct StateChange<'a> {
-    pub from: PaymentState,
-    pub to: PaymentState,
-    pub event: EventType,
-    pub reason: Option<FailureReason>,
-    pub message: &'a str,
-    /// Recorded when the card is submitted.
-    pub card: Option<&'a CardSummary>,
-    /// Recorded on success.
-    pub fee_minor: Option<i64>,
-    /// Posted in the same transaction.
-    pub postings: Vec<Transaction>,
-    pub now: i64,
-}
-
-/// Applies `change` if the payment is still in `change.from`, with its
-/// event and postings, atomically. `None` when it was not (another request
-/// changed it first, or it does not exist): nothing was written.
-pub async fn change_state(
-    db: &Database,
-    tenant: &Tenant,
-    payment_id: &str,
-    change: &StateChange<'_>,
-) -> Result<Option<Payment>, PaymentsError> {
-    let card = change.card;
-    let payment = on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
-        let row: Option<PaymentRow> = sqlx::query_as(concat!(
-            "UPDATE payments SET state = $1, failure_reason = $2, failure_message = $3, \
-             fee_minor = COALESCE($4, fee_minor), card_brand = COALESCE($5, card_brand), \
-             card_first_six = COALESCE($6, card_first_six), \
-             card_last_four = COALESCE($7, card_last_four), \
-             card_expiry_month = COALESCE($8, card_expiry_month), \
-             card_expiry_year = COALESCE($9, card_expiry_year), \
-             cardholder_name = COALESCE($10, cardholder_name), update_time = $11 \
-             WHERE payment_id = $12 AND agency_id = $13 AND environment = $14 AND state = $15 \
-             RETURNING ", payment_columns!()
-        ))
-        .bind(change.to.as_str())
-        .bind(change.reason.map(FailureReason::as_str))
-        .bind(change.message)
-        .bind(change.fee_minor)
-        .bind(card.map(|c| c.brand.as_str()))
-        .bind(card.map(|c| c.first_six.as_str()))
-        .bind(card.map(|c| c.last_four.as_str()))
-        .bind(card.map(|c| i64::from(c.expiry.month)))
-        .bind(card.map(|c| i64::from(c.expiry.year)))
-        .bind(card.map(|c| c.cardholder_name.as_str()))
-        .bind(change.now)
-        .bind(payment_id)
-        .bind(&tenant.agency_id)
-        .bind(tenant.environment.as_str())
-        .bind(change.from.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let payment = Payment::try_from(row)?;
-        insert_event!(tx, change.event, payment, None);
-        insert_postings!(tx, &change.postings, payment, None, change.now);
-        tx.commit().await?;
-        payment
-    });
-    Ok(Some(payment))
-}
-
 /// A payment the expiry job should fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StalePayment {
@@ -274,6 +152,102 @@ pub async fn interrupted_payments(
                 tenant: tenant(agency_id, &environment)?,
                 payment_id,
                 state: PaymentState::parse(&state).ok_or_else(|| corrupt("payment state"))?,
+            })
+        })
+        .collect()
+}
+
+/// What a CAPTURABLE payment becomes once its authorisation is voided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoidFor {
+    /// The agency cancelled it.
+    Cancellation,
+    /// It was not captured in time.
+    Expiry,
+}
+
+impl VoidFor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancellation => "cancelled",
+            Self::Expiry => "expired",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "cancelled" => Some(Self::Cancellation),
+            "expired" => Some(Self::Expiry),
+            _ => None,
+        }
+    }
+}
+
+/// Marks a CAPTURABLE payment as being voided, for `void_for` unless a
+/// void was already requested (the first request decides what it
+/// becomes). From then on it cannot be captured. `None` when the payment
+/// is not CAPTURABLE (or not the tenant's).
+pub async fn request_void(
+    db: &Database,
+    tenant: &Tenant,
+    payment_id: &str,
+    void_for: VoidFor,
+    now: i64,
+) -> Result<Option<VoidFor>, PaymentsError> {
+    let row: Option<String> = on_db!(db, pool => {
+        sqlx::query_scalar(
+            "UPDATE payments SET void_requested_time = COALESCE(void_requested_time, $1), \
+             void_for = COALESCE(void_for, $2) WHERE payment_id = $3 AND agency_id = $4 \
+             AND environment = $5 AND state = 'capturable' RETURNING void_for",
+        )
+        .bind(now)
+        .bind(void_for.as_str())
+        .bind(payment_id)
+        .bind(&tenant.agency_id)
+        .bind(tenant.environment.as_str())
+        .fetch_optional(pool)
+        .await?
+    });
+    row.map(|raw| VoidFor::parse(&raw).ok_or_else(|| corrupt("void_for")))
+        .transpose()
+}
+
+/// A void that was requested and not finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingVoid {
+    pub tenant: Tenant,
+    pub payment_id: String,
+    pub void_for: VoidFor,
+}
+
+/// Payments of every tenant still CAPTURABLE though their void was
+/// requested before `requested_before`: the gateway failed the void, or
+/// the process stopped.
+pub async fn pending_voids(
+    db: &Database,
+    requested_before: i64,
+    limit: i64,
+) -> Result<Vec<PendingVoid>, PaymentsError> {
+    let rows: Vec<(String, String, String, Option<String>)> = on_db!(db, pool => {
+        sqlx::query_as(
+            "SELECT agency_id, environment, payment_id, void_for FROM payments \
+             WHERE void_requested_time IS NOT NULL AND void_requested_time < $1 \
+             AND state = 'capturable' ORDER BY void_requested_time LIMIT $2",
+        )
+        .bind(requested_before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+    });
+    rows.into_iter()
+        .map(|(agency_id, environment, payment_id, void_for)| {
+            Ok(PendingVoid {
+                tenant: tenant(agency_id, &environment)?,
+                payment_id,
+                void_for: void_for
+                    .as_deref()
+                    .and_then(VoidFor::parse)
+                    .ok_or_else(|| corrupt("void_for"))?,
             })
         })
         .collect()

@@ -56,11 +56,29 @@ pub async fn create_webhook_endpoint(
         {
             return Ok(EndpointInsert::KeyTaken);
         }
-        let inserted = sqlx::query(
+        // The count is taken by an upsert of the tenant's counter row, which
+        // concurrent creates update one after the other (the row is locked
+        // until commit): a check-then-insert would let two of them both
+        // see room for the last endpoint.
+        let counted = sqlx::query(
+            "INSERT INTO webhook_endpoint_counts (agency_id, environment, endpoints) \
+             VALUES ($1, $2, 1) ON CONFLICT (agency_id, environment) \
+             DO UPDATE SET endpoints = webhook_endpoint_counts.endpoints + 1 \
+             WHERE webhook_endpoint_counts.endpoints < $3",
+        )
+        .bind(&endpoint.tenant.agency_id)
+        .bind(endpoint.tenant.environment.as_str())
+        .bind(MAX_ENDPOINTS_PER_ENVIRONMENT)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if counted == 0 {
+            return Ok(EndpointInsert::TooMany);
+        }
+        sqlx::query(
             "INSERT INTO webhook_endpoints (webhook_endpoint_id, agency_id, environment, url, \
              event_types, description, signing_secret, create_time) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT COUNT(*) FROM webhook_endpoints \
-             WHERE agency_id = $2 AND environment = $3) < $9",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&endpoint.webhook_endpoint_id)
         .bind(&endpoint.tenant.agency_id)
@@ -70,13 +88,8 @@ pub async fn create_webhook_endpoint(
         .bind(&endpoint.description)
         .bind(signing_secret)
         .bind(endpoint.create_time)
-        .bind(MAX_ENDPOINTS_PER_ENVIRONMENT)
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(EndpointInsert::TooMany);
-        }
+        .await?;
         tx.commit().await?;
     });
     Ok(EndpointInsert::Created)
@@ -157,6 +170,14 @@ pub async fn delete_webhook_endpoint(
         if deleted == 0 {
             return Ok(false);
         }
+        sqlx::query(
+            "UPDATE webhook_endpoint_counts SET endpoints = endpoints - 1 \
+             WHERE agency_id = $1 AND environment = $2",
+        )
+        .bind(&tenant.agency_id)
+        .bind(tenant.environment.as_str())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_endpoint_id = $1 AND state = 'pending'")
             .bind(webhook_endpoint_id)
             .execute(&mut *tx)

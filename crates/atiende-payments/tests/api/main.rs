@@ -12,6 +12,7 @@ mod ledger;
 mod lifecycle;
 mod page;
 mod refunds;
+mod retention;
 mod streams;
 mod support;
 mod validation;
@@ -54,6 +55,11 @@ const TESTS: &[(&str, TestFn)] = tests![
     webhooks::webhook_endpoints_filter_list_delete_and_are_scoped,
     page::hosted_page_takes_a_card_and_sends_the_payer_back,
     page::hosted_page_declines_cancels_and_speaks_english,
+    retention::cancelling_or_expiring_an_authorised_payment_voids_its_hold,
+    retention::idempotency_keys_are_kept_a_day_then_pruned,
+    retention::cursors_older_than_the_kept_events_are_out_of_range,
+    retention::concurrent_webhook_endpoint_creates_never_pass_the_limit,
+    retention::a_group_applies_changes_in_order_and_claims_each_key_once,
 ];
 
 /// Tests that need Chromium and chromedriver: left out, with the reason

@@ -1,0 +1,119 @@
+//! Group commit of payment creates and state changes.
+//!
+//! Concurrent requests queue their write; a few writer tasks each take
+//! what is waiting (up to [`GROUP_MAX`]) and write it in one transaction
+//! ([`store::write_group`]), so a busy service pays one commit and a few
+//! statements for many requests instead of a transaction each. A request is
+//! answered only after the transaction that holds its write commits. If a
+//! group fails, its requests are retried one at a time, so that one bad
+//! write (or a deadlock between two groups) fails only its own request. A
+//! request may queue several writes (the card step's STARTED and
+//! SUBMITTED): they share one transaction, in order.
+
+use std::time::Instant;
+
+use tokio::sync::{Mutex, oneshot};
+
+use super::*;
+use crate::store::{Write, Written};
+
+/// Most writes in one transaction.
+const GROUP_MAX: usize = 512;
+/// Transactions being written at once: one collects while another commits.
+const WRITERS: usize = 2;
+
+/// The writes of one request (committed together, in order) and where
+/// their answers go.
+type Unit = (
+    Vec<Write>,
+    oneshot::Sender<Result<Vec<Written>, PaymentsError>>,
+);
+
+pub(crate) struct Writer {
+    queue: mpsc::Sender<Unit>,
+}
+
+impl Writer {
+    /// Starts the writer tasks on the current runtime; they stop when the
+    /// writer is dropped.
+    pub(crate) fn start(db: Database) -> Self {
+        let (queue, receiver) = mpsc::channel::<Unit>(GROUP_MAX * 8);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..WRITERS {
+            let (db, receiver) = (db.clone(), receiver.clone());
+            tokio::spawn(async move {
+                let mut group = Vec::with_capacity(GROUP_MAX);
+                loop {
+                    let received = receiver.lock().await.recv_many(&mut group, GROUP_MAX).await;
+                    if received == 0 {
+                        return;
+                    }
+                    write(&db, &mut group).await;
+                }
+            });
+        }
+        Self { queue }
+    }
+
+    /// Queues `write` and waits for its transaction to commit.
+    pub(crate) async fn write(&self, write: Write) -> Result<Written, PaymentsError> {
+        self.write_all(vec![write])
+            .await?
+            .pop()
+            .ok_or(PaymentsError::Corrupt("empty group result"))
+    }
+
+    /// Queues writes that must commit together, in this order, and waits
+    /// for their transaction to commit; one answer per write.
+    pub(crate) async fn write_all(
+        &self,
+        writes: Vec<Write>,
+    ) -> Result<Vec<Written>, PaymentsError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((writes, reply))
+            .await
+            .map_err(|_| PaymentsError::Storage(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| PaymentsError::Storage(sqlx::Error::PoolClosed))?
+    }
+}
+
+async fn write(db: &Database, group: &mut Vec<Unit>) {
+    let mut writes = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    for (unit, reply) in group.drain(..) {
+        replies.push((unit.len(), reply));
+        writes.extend(unit);
+    }
+    let started = Instant::now();
+    let result = store::write_group(db, &writes).await;
+    tracing::debug!(
+        writes = writes.len(),
+        elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        ok = result.is_ok(),
+        "group commit of payment writes"
+    );
+    match result {
+        Ok(written) => {
+            let mut written = written.into_iter();
+            for (len, reply) in replies {
+                let _ = reply.send(Ok(written.by_ref().take(len).collect()));
+            }
+        }
+        Err(error) if replies.len() == 1 => {
+            if let Some((_, reply)) = replies.pop() {
+                let _ = reply.send(Err(error));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, writes = writes.len(), "a group commit failed; writing one request at a time");
+            let mut writes = writes.into_iter();
+            for (len, reply) in replies {
+                let unit: Vec<Write> = writes.by_ref().take(len).collect();
+                let _ = reply.send(store::write_group(db, &unit).await);
+            }
+        }
+    }
+}

@@ -1,0 +1,897 @@
+//! Group commit: the creates and state changes of many requests written in
+//! one transaction (see `service::writer`).
+//!
+//! On PostgreSQL each kind of row goes in with one statement of arrays
+//! (`UNNEST`), the same text for any group size, so it is prepared once
+//! per connection; a group costs a handful of round trips and one commit
+//! whatever its size. On SQLite, where a statement is cheap and writers
+//! are serialised anyway, the rows are written one by one inside the one
+//! transaction: the saving is the commit (one fsync for the group).
+//!
+//! The conditions are the same as for a single write: an idempotency key
+//! is claimed by an `INSERT ... ON CONFLICT DO NOTHING`, a state change is
+//! an `UPDATE ... WHERE state = <expected>`. A write whose condition fails
+//! is skipped, and the others go on. A payment whose authorisation is being
+//! voided is never captured (`void_requested_time`).
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{PgConnection, SqliteConnection};
+
+use super::*;
+
+/// A change of state, as the state machine allowed it.
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub from: PaymentState,
+    pub to: PaymentState,
+    pub event: EventType,
+    pub reason: Option<FailureReason>,
+    pub message: String,
+    /// Recorded when the card is submitted.
+    pub card: Option<CardSummary>,
+    /// Recorded on success.
+    pub fee_minor: Option<i64>,
+    /// Posted in the same transaction.
+    pub postings: Vec<Transaction>,
+    pub now: i64,
+}
+
+/// One write of a group.
+#[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "queued once per request and moved, never stored in bulk"
+)]
+pub enum Write {
+    /// A new payment, its `payment_created` event and, when a key is
+    /// given, the claim of the key (`(key, request hash)`).
+    Create {
+        payment: Payment,
+        idempotency: Option<(String, String)>,
+    },
+    /// `change` applied to the tenant's payment if it is still in
+    /// `change.from`, with its event and postings.
+    Change {
+        tenant: Tenant,
+        payment_id: String,
+        change: StateChange,
+    },
+}
+
+/// How one write of a committed group ended.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "answered once per request and moved, never stored in bulk"
+)]
+pub enum Written {
+    /// Written: the payment as it now is.
+    Done(Payment),
+    /// Nothing written: the key was already claimed, or the payment was not
+    /// in the expected state (or does not exist).
+    Skipped,
+}
+
+/// Writes `writes` in one transaction; one answer per write, in order.
+/// An error means nothing was written.
+pub async fn write_group(db: &Database, writes: &[Write]) -> Result<Vec<Written>, PaymentsError> {
+    for write in writes {
+        if let Write::Change { change, .. } = write
+            && !change.postings.iter().all(Transaction::is_balanced)
+        {
+            return Err(corrupt("unbalanced ledger transaction"));
+        }
+    }
+    match db {
+        Database::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let mut written = Vec::with_capacity(writes.len());
+            for write in writes {
+                written.push(sqlite_write(&mut tx, write).await?);
+            }
+            tx.commit().await?;
+            Ok(written)
+        }
+        Database::Postgres(pool) if changes_distinct(writes) => {
+            let mut conn = pool.acquire().await?;
+            pg_one_statement(&mut conn, writes).await
+        }
+        Database::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let written = pg_group(&mut tx, writes).await?;
+            tx.commit().await?;
+            Ok(written)
+        }
+    }
+}
+
+/// One state change in a transaction of its own (tests and tools; the
+/// service queues its changes for a group). `None` when the payment was not
+/// in `change.from`.
+pub async fn change_state(
+    db: &Database,
+    tenant: &Tenant,
+    payment_id: &str,
+    change: &StateChange,
+) -> Result<Option<Payment>, PaymentsError> {
+    let write = Write::Change {
+        tenant: tenant.clone(),
+        payment_id: payment_id.to_owned(),
+        change: change.clone(),
+    };
+    match write_group(db, &[write]).await?.pop() {
+        Some(Written::Done(payment)) => Ok(Some(payment)),
+        _ => Ok(None),
+    }
+}
+
+async fn sqlite_write(tx: &mut SqliteConnection, write: &Write) -> Result<Written, PaymentsError> {
+    match write {
+        Write::Create {
+            payment: p,
+            idempotency,
+        } => {
+            if let Some((key, hash)) = idempotency
+                && !claim_key!(
+                    tx,
+                    &p.tenant,
+                    "CreatePayment",
+                    key,
+                    hash,
+                    &p.payment_id,
+                    p.create_time
+                )
+            {
+                return Ok(Written::Skipped);
+            }
+            let metadata = metadata_json(p)?;
+            sqlx::query(
+                "INSERT INTO payments (payment_id, agency_id, environment, amount_minor, currency, \
+                 reference, description, return_url, metadata, language, delayed_capture, state, \
+                 failure_message, refund_submitted_minor, page_secret, expire_time, create_time, \
+                 update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                 $15, $16, $17, $18)",
+            )
+            .bind(&p.payment_id)
+            .bind(&p.tenant.agency_id)
+            .bind(p.tenant.environment.as_str())
+            .bind(p.new.amount.minor)
+            .bind(p.new.amount.currency.code())
+            .bind(&p.new.reference)
+            .bind(&p.new.description)
+            .bind(&p.new.return_url)
+            .bind(&metadata)
+            .bind(p.new.language.as_str())
+            .bind(i64::from(p.new.delayed_capture))
+            .bind(p.state.as_str())
+            .bind(&p.failure_message)
+            .bind(p.refund_submitted_minor)
+            .bind(&p.page_secret)
+            .bind(p.expire_time)
+            .bind(p.create_time)
+            .bind(p.update_time)
+            .execute(&mut *tx)
+            .await?;
+            insert_event!(tx, EventType::PaymentCreated, p, None);
+            Ok(Written::Done(p.clone()))
+        }
+        Write::Change {
+            tenant,
+            payment_id,
+            change,
+        } => {
+            let card = change.card.as_ref();
+            let row: Option<PaymentRow> = sqlx::query_as(concat!(
+                "UPDATE payments SET state = $1, failure_reason = $2, failure_message = $3, \
+                 fee_minor = COALESCE($4, fee_minor), card_brand = COALESCE($5, card_brand), \
+                 card_first_six = COALESCE($6, card_first_six), \
+                 card_last_four = COALESCE($7, card_last_four), \
+                 card_expiry_month = COALESCE($8, card_expiry_month), \
+                 card_expiry_year = COALESCE($9, card_expiry_year), \
+                 cardholder_name = COALESCE($10, cardholder_name), update_time = $11 \
+                 WHERE payment_id = $12 AND agency_id = $13 AND environment = $14 AND state = $15 \
+                 AND ($1 <> 'success' OR void_requested_time IS NULL) RETURNING ",
+                payment_columns!()
+            ))
+            .bind(change.to.as_str())
+            .bind(change.reason.map(FailureReason::as_str))
+            .bind(&change.message)
+            .bind(change.fee_minor)
+            .bind(card.map(|c| c.brand.as_str()))
+            .bind(card.map(|c| c.first_six.as_str()))
+            .bind(card.map(|c| c.last_four.as_str()))
+            .bind(card.map(|c| i64::from(c.expiry.month)))
+            .bind(card.map(|c| i64::from(c.expiry.year)))
+            .bind(card.map(|c| c.cardholder_name.as_str()))
+            .bind(change.now)
+            .bind(payment_id)
+            .bind(&tenant.agency_id)
+            .bind(tenant.environment.as_str())
+            .bind(change.from.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                return Ok(Written::Skipped);
+            };
+            let payment = Payment::try_from(row)?;
+            insert_event!(tx, change.event, payment, None);
+            insert_postings!(tx, &change.postings, payment, None, change.now);
+            Ok(Written::Done(payment))
+        }
+    }
+}
+
+fn metadata_json(p: &Payment) -> Result<String, PaymentsError> {
+    serde_json::to_string(&p.new.metadata).map_err(|_| corrupt("metadata"))
+}
+
+/// Whether no payment is changed twice in the group (the usual case; one
+/// statement cannot update a row twice).
+fn changes_distinct(writes: &[Write]) -> bool {
+    let mut ids = HashSet::new();
+    writes.iter().all(|w| match w {
+        Write::Change { payment_id, .. } => ids.insert(payment_id.as_str()),
+        Write::Create { .. } => true,
+    })
+}
+
+/// The whole group as one PostgreSQL statement of data-modifying CTEs
+/// (keys, new payments, state changes, their events, webhook deliveries
+/// and ledger postings), committed on its own: one round trip and no
+/// BEGIN or COMMIT, where the transaction path needs seven. Only when
+/// each payment is changed at most once.
+async fn pg_one_statement(
+    conn: &mut PgConnection,
+    writes: &[Write],
+) -> Result<Vec<Written>, PaymentsError> {
+    // Keys, in one order (no deadlock between two groups).
+    let mut keyed: Vec<(&Payment, &str, &str)> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create {
+                payment,
+                idempotency: Some((key, hash)),
+            } => Some((payment, key.as_str(), hash.as_str())),
+            _ => None,
+        })
+        .collect();
+    keyed.sort_by(|a, b| {
+        (&a.0.tenant.agency_id, a.0.tenant.environment.as_str(), a.1).cmp(&(
+            &b.0.tenant.agency_id,
+            b.0.tenant.environment.as_str(),
+            b.1,
+        ))
+    });
+    let creates: Vec<(&Payment, bool)> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create {
+                payment,
+                idempotency,
+            } => Some((payment, idempotency.is_some())),
+            Write::Change { .. } => None,
+        })
+        .collect();
+    let changes: Vec<ChangeRef<'_>> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Change {
+                tenant,
+                payment_id,
+                change,
+            } => Some((tenant, payment_id.as_str(), change)),
+            Write::Create { .. } => None,
+        })
+        .collect();
+    // (payment, event id, event type) of every write, if it is written.
+    let events: Vec<(&str, String, &str)> = writes
+        .iter()
+        .map(|w| match w {
+            Write::Create { payment, .. } => (
+                payment.payment_id.as_str(),
+                new_id(EVENT_ID_PREFIX),
+                EventType::PaymentCreated.as_str(),
+            ),
+            Write::Change {
+                payment_id, change, ..
+            } => (
+                payment_id.as_str(),
+                new_id(EVENT_ID_PREFIX),
+                change.event.as_str(),
+            ),
+        })
+        .collect();
+    // (payment, entry, transaction, type, account, currency, amount, time)
+    type Posting<'a> = (&'a str, String, String, &'a str, &'a str, &'a str, i64, i64);
+    let mut postings: Vec<Posting<'_>> = Vec::new();
+    for (_, payment_id, change) in &changes {
+        for transaction in &change.postings {
+            let transaction_id = new_id(LEDGER_TRANSACTION_ID_PREFIX);
+            for posting in transaction.postings() {
+                postings.push((
+                    payment_id,
+                    new_id(LEDGER_ENTRY_ID_PREFIX),
+                    transaction_id.clone(),
+                    transaction.kind.as_str(),
+                    posting.account.as_str(),
+                    transaction.currency.code(),
+                    posting.amount_minor,
+                    change.now,
+                ));
+            }
+        }
+    }
+    let metadata = creates
+        .iter()
+        .map(|(p, _)| metadata_json(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ct = |f: &dyn Fn(&Payment) -> String| -> Vec<String> {
+        creates.iter().map(|(p, _)| f(p)).collect()
+    };
+    let ci =
+        |f: &dyn Fn(&Payment) -> i64| -> Vec<i64> { creates.iter().map(|(p, _)| f(p)).collect() };
+    let xt =
+        |f: &dyn Fn(&ChangeRef<'_>) -> String| -> Vec<String> { changes.iter().map(f).collect() };
+    let xot = |f: &dyn Fn(&ChangeRef<'_>) -> Option<String>| -> Vec<Option<String>> {
+        changes.iter().map(f).collect()
+    };
+    let xoi = |f: &dyn Fn(&ChangeRef<'_>) -> Option<i64>| -> Vec<Option<i64>> {
+        changes.iter().map(f).collect()
+    };
+    let rows: Vec<PaymentRow> = sqlx::query_as(concat!(
+        "WITH k AS (INSERT INTO idempotency_keys (agency_id, environment, operation, \
+         idempotency_key, request_hash, resource_id, create_time) \
+         SELECT a, e, 'CreatePayment', k, h, r, t FROM UNNEST($1::text[], $2::text[], \
+         $3::text[], $4::text[], $5::text[], $6::bigint[]) AS c(a, e, k, h, r, t) \
+         ON CONFLICT (agency_id, environment, operation, idempotency_key) DO NOTHING \
+         RETURNING resource_id), \
+         np AS (INSERT INTO payments (payment_id, agency_id, environment, amount_minor, \
+         currency, reference, description, return_url, metadata, language, delayed_capture, \
+         state, failure_message, refund_submitted_minor, page_secret, expire_time, create_time, \
+         update_time) \
+         SELECT i, a, e, am, cu, re, de, ru, me, la, dc, st, '', 0, ps, ex, ct, ct \
+         FROM UNNEST($7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], \
+         $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], \
+         $18::text[], $19::text[], $20::bigint[], $21::bigint[], $22::bool[]) \
+         AS c(i, a, e, am, cu, re, de, ru, me, la, dc, st, ps, ex, ct, kd) \
+         WHERE NOT c.kd OR c.i IN (SELECT resource_id FROM k) RETURNING ",
+        payment_columns!(),
+        "), up AS (UPDATE payments SET state = c.t, failure_reason = c.r, failure_message = c.m, \
+         fee_minor = COALESCE(c.fee, fee_minor), card_brand = COALESCE(c.cb, card_brand), \
+         card_first_six = COALESCE(c.c6, card_first_six), \
+         card_last_four = COALESCE(c.c4, card_last_four), \
+         card_expiry_month = COALESCE(c.cm, card_expiry_month), \
+         card_expiry_year = COALESCE(c.cy, card_expiry_year), \
+         cardholder_name = COALESCE(c.cn, cardholder_name), update_time = c.n \
+         FROM UNNEST($23::text[], $24::text[], $25::text[], $26::text[], $27::text[], \
+         $28::text[], $29::text[], $30::bigint[], $31::text[], $32::text[], $33::text[], \
+         $34::bigint[], $35::bigint[], $36::text[], $37::bigint[]) \
+         AS c(i, a, e, f, t, r, m, fee, cb, c6, c4, cm, cy, cn, n) \
+         WHERE payment_id = c.i AND agency_id = c.a AND environment = c.e AND state = c.f \
+         AND (c.t <> 'success' OR void_requested_time IS NULL) RETURNING ",
+        payment_columns!(),
+        "), done AS (SELECT * FROM np UNION ALL SELECT * FROM up), \
+         ev AS (INSERT INTO payment_events (event_id, agency_id, environment, payment_id, \
+         event_type, occur_time, state, failure_reason, failure_message, \
+         refund_submitted_minor, fee_minor, has_card) \
+         SELECT x.ev, d.agency_id, d.environment, d.payment_id, x.ty, d.update_time, d.state, \
+         d.failure_reason, d.failure_message, d.refund_submitted_minor, d.fee_minor, \
+         CASE WHEN d.card_brand IS NULL THEN 0 ELSE 1 END \
+         FROM UNNEST($38::text[], $39::text[], $40::text[]) WITH ORDINALITY AS x(pid, ev, ty, o) \
+         JOIN done d ON d.payment_id = x.pid ORDER BY x.o \
+         RETURNING event_id, agency_id, environment, event_type, occur_time), \
+         wh AS (INSERT INTO webhook_deliveries (event_id, webhook_endpoint_id, agency_id, \
+         environment, state, attempts, next_attempt_time, last_response, create_time, \
+         update_time) SELECT ev.event_id, w.webhook_endpoint_id, w.agency_id, w.environment, \
+         'pending', 0, ev.occur_time, '', ev.occur_time, ev.occur_time FROM ev \
+         JOIN webhook_endpoints w ON w.agency_id = ev.agency_id \
+         AND w.environment = ev.environment \
+         AND (w.event_types = '' OR w.event_types LIKE '%,' || ev.event_type || ',%')), \
+         le AS (INSERT INTO ledger_entries (entry_id, transaction_id, agency_id, environment, \
+         transaction_type, account, currency, amount_minor, payment_id, posting_time) \
+         SELECT l.id, l.tx, u.agency_id, u.environment, l.ty, l.acc, l.cur, l.am, \
+         u.payment_id, l.t FROM UNNEST($41::text[], $42::text[], $43::text[], $44::text[], \
+         $45::text[], $46::text[], $47::bigint[], $48::bigint[]) \
+         AS l(pid, id, tx, ty, acc, cur, am, t) JOIN up u ON u.payment_id = l.pid) \
+         SELECT * FROM done"
+    ))
+    .bind(
+        keyed
+            .iter()
+            .map(|k| k.0.tenant.agency_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        keyed
+            .iter()
+            .map(|k| k.0.tenant.environment.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(keyed.iter().map(|k| k.1.to_owned()).collect::<Vec<_>>())
+    .bind(keyed.iter().map(|k| k.2.to_owned()).collect::<Vec<_>>())
+    .bind(
+        keyed
+            .iter()
+            .map(|k| k.0.payment_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(keyed.iter().map(|k| k.0.create_time).collect::<Vec<_>>())
+    .bind(ct(&|p| p.payment_id.clone()))
+    .bind(ct(&|p| p.tenant.agency_id.clone()))
+    .bind(ct(&|p| p.tenant.environment.as_str().to_owned()))
+    .bind(ci(&|p| p.new.amount.minor))
+    .bind(ct(&|p| p.new.amount.currency.code().to_owned()))
+    .bind(ct(&|p| p.new.reference.clone()))
+    .bind(ct(&|p| p.new.description.clone()))
+    .bind(ct(&|p| p.new.return_url.clone()))
+    .bind(metadata)
+    .bind(ct(&|p| p.new.language.as_str().to_owned()))
+    .bind(ci(&|p| i64::from(p.new.delayed_capture)))
+    .bind(ct(&|p| p.state.as_str().to_owned()))
+    .bind(ct(&|p| p.page_secret.clone()))
+    .bind(ci(&|p| p.expire_time))
+    .bind(ci(&|p| p.create_time))
+    .bind(
+        creates
+            .iter()
+            .map(|(_, keyed)| *keyed)
+            .collect::<Vec<bool>>(),
+    )
+    .bind(xt(&|c| c.1.to_owned()))
+    .bind(xt(&|c| c.0.agency_id.clone()))
+    .bind(xt(&|c| c.0.environment.as_str().to_owned()))
+    .bind(xt(&|c| c.2.from.as_str().to_owned()))
+    .bind(xt(&|c| c.2.to.as_str().to_owned()))
+    .bind(xot(&|c| c.2.reason.map(|r| r.as_str().to_owned())))
+    .bind(xt(&|c| c.2.message.clone()))
+    .bind(xoi(&|c| c.2.fee_minor))
+    .bind(xot(&|c| {
+        c.2.card.as_ref().map(|k| k.brand.as_str().to_owned())
+    }))
+    .bind(xot(&|c| c.2.card.as_ref().map(|k| k.first_six.clone())))
+    .bind(xot(&|c| c.2.card.as_ref().map(|k| k.last_four.clone())))
+    .bind(xoi(&|c| {
+        c.2.card.as_ref().map(|k| i64::from(k.expiry.month))
+    }))
+    .bind(xoi(&|c| {
+        c.2.card.as_ref().map(|k| i64::from(k.expiry.year))
+    }))
+    .bind(xot(&|c| {
+        c.2.card.as_ref().map(|k| k.cardholder_name.clone())
+    }))
+    .bind(changes.iter().map(|c| c.2.now).collect::<Vec<i64>>())
+    .bind(events.iter().map(|e| e.0.to_owned()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.1.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.2.to_owned()).collect::<Vec<_>>())
+    .bind(postings.iter().map(|r| r.0.to_owned()).collect::<Vec<_>>())
+    .bind(postings.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+    .bind(postings.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+    .bind(postings.iter().map(|r| r.3.to_owned()).collect::<Vec<_>>())
+    .bind(postings.iter().map(|r| r.4.to_owned()).collect::<Vec<_>>())
+    .bind(postings.iter().map(|r| r.5.to_owned()).collect::<Vec<_>>())
+    .bind(postings.iter().map(|r| r.6).collect::<Vec<_>>())
+    .bind(postings.iter().map(|r| r.7).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut done: HashMap<String, Payment> = rows
+        .into_iter()
+        .map(|row| {
+            let payment = Payment::try_from(row)?;
+            Ok((payment.payment_id.clone(), payment))
+        })
+        .collect::<Result<_, PaymentsError>>()?;
+    Ok(writes
+        .iter()
+        .map(|w| {
+            let id = match w {
+                Write::Create { payment, .. } => payment.payment_id.as_str(),
+                Write::Change { payment_id, .. } => payment_id.as_str(),
+            };
+            done.remove(id).map_or(Written::Skipped, Written::Done)
+        })
+        .collect())
+}
+
+/// The PostgreSQL group: keys, new payments, state changes (in rounds in
+/// which each payment appears once, in arrival order), then the events,
+/// their webhook deliveries and the ledger postings, each one statement.
+async fn pg_group(tx: &mut PgConnection, writes: &[Write]) -> Result<Vec<Written>, PaymentsError> {
+    let mut written: Vec<Option<Payment>> = writes.iter().map(|_| None).collect();
+    let claimed = pg_claim_keys(tx, writes).await?;
+    let creates: Vec<&Payment> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create { payment, .. } if claimed.contains(payment.payment_id.as_str()) => {
+                Some(payment)
+            }
+            _ => None,
+        })
+        .collect();
+    pg_insert_payments(tx, &creates).await?;
+    for (i, write) in writes.iter().enumerate() {
+        if let Write::Create { payment, .. } = write
+            && claimed.contains(payment.payment_id.as_str())
+        {
+            written[i] = Some(payment.clone());
+        }
+    }
+    let mut pending: Vec<usize> = (0..writes.len())
+        .filter(|&i| matches!(writes[i], Write::Change { .. }))
+        .collect();
+    while !pending.is_empty() {
+        let mut ids = HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) =
+            pending.iter().partition(|&&i| match &writes[i] {
+                Write::Change { payment_id, .. } => ids.insert(payment_id.as_str()),
+                Write::Create { .. } => false,
+            });
+        let mut changed = pg_change_states(tx, writes, &round).await?;
+        for i in round {
+            if let Write::Change { payment_id, .. } = &writes[i] {
+                written[i] = changed.remove(payment_id.as_str());
+            }
+        }
+        pending = later;
+    }
+    pg_insert_events(tx, writes, &written).await?;
+    pg_insert_postings(tx, writes, &written).await?;
+    Ok(written
+        .into_iter()
+        .map(|p| p.map_or(Written::Skipped, Written::Done))
+        .collect())
+}
+
+/// Claims the keys of the group's keyed creates, in one order (so that
+/// two groups never deadlock on them); the ids of the creates that may
+/// go ahead (unkeyed ones included).
+async fn pg_claim_keys<'a>(
+    tx: &mut PgConnection,
+    writes: &'a [Write],
+) -> Result<HashSet<&'a str>, PaymentsError> {
+    let mut free = HashSet::new();
+    let mut keyed: Vec<(&Payment, &str, &str)> = Vec::new();
+    for write in writes {
+        match write {
+            Write::Create {
+                payment,
+                idempotency: None,
+            } => {
+                free.insert(payment.payment_id.as_str());
+            }
+            Write::Create {
+                payment,
+                idempotency: Some((key, hash)),
+            } => keyed.push((payment, key, hash)),
+            Write::Change { .. } => {}
+        }
+    }
+    if keyed.is_empty() {
+        return Ok(free);
+    }
+    keyed.sort_by(|a, b| {
+        (&a.0.tenant.agency_id, a.0.tenant.environment.as_str(), a.1).cmp(&(
+            &b.0.tenant.agency_id,
+            b.0.tenant.environment.as_str(),
+            b.1,
+        ))
+    });
+    let claimed: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (agency_id, environment, operation, idempotency_key, \
+         request_hash, resource_id, create_time) \
+         SELECT a, e, 'CreatePayment', k, h, r, t FROM UNNEST($1::text[], $2::text[], \
+         $3::text[], $4::text[], $5::text[], $6::bigint[]) AS c(a, e, k, h, r, t) \
+         ON CONFLICT (agency_id, environment, operation, idempotency_key) DO NOTHING \
+         RETURNING resource_id",
+    )
+    .bind(
+        keyed
+            .iter()
+            .map(|k| k.0.tenant.agency_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        keyed
+            .iter()
+            .map(|k| k.0.tenant.environment.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(keyed.iter().map(|k| k.1.to_owned()).collect::<Vec<_>>())
+    .bind(keyed.iter().map(|k| k.2.to_owned()).collect::<Vec<_>>())
+    .bind(
+        keyed
+            .iter()
+            .map(|k| k.0.payment_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(keyed.iter().map(|k| k.0.create_time).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    let claimed: HashSet<String> = claimed.into_iter().collect();
+    for (payment, _, _) in keyed {
+        if claimed.contains(&payment.payment_id) {
+            free.insert(payment.payment_id.as_str());
+        }
+    }
+    Ok(free)
+}
+
+async fn pg_insert_payments(
+    tx: &mut PgConnection,
+    creates: &[&Payment],
+) -> Result<(), PaymentsError> {
+    if creates.is_empty() {
+        return Ok(());
+    }
+    let text =
+        |f: &dyn Fn(&Payment) -> String| -> Vec<String> { creates.iter().map(|p| f(p)).collect() };
+    let int = |f: &dyn Fn(&Payment) -> i64| -> Vec<i64> { creates.iter().map(|p| f(p)).collect() };
+    let metadata = creates
+        .iter()
+        .map(|p| metadata_json(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    sqlx::query(
+        "INSERT INTO payments (payment_id, agency_id, environment, amount_minor, currency, \
+         reference, description, return_url, metadata, language, delayed_capture, state, \
+         failure_message, refund_submitted_minor, page_secret, expire_time, create_time, \
+         update_time) \
+         SELECT i, a, e, am, cu, re, de, ru, me, la, dc, st, '', 0, ps, ex, ct, ct \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], \
+         $13::text[], $14::bigint[], $15::bigint[]) \
+         AS c(i, a, e, am, cu, re, de, ru, me, la, dc, st, ps, ex, ct)",
+    )
+    .bind(text(&|p| p.payment_id.clone()))
+    .bind(text(&|p| p.tenant.agency_id.clone()))
+    .bind(text(&|p| p.tenant.environment.as_str().to_owned()))
+    .bind(int(&|p| p.new.amount.minor))
+    .bind(text(&|p| p.new.amount.currency.code().to_owned()))
+    .bind(text(&|p| p.new.reference.clone()))
+    .bind(text(&|p| p.new.description.clone()))
+    .bind(text(&|p| p.new.return_url.clone()))
+    .bind(metadata)
+    .bind(text(&|p| p.new.language.as_str().to_owned()))
+    .bind(int(&|p| i64::from(p.new.delayed_capture)))
+    .bind(text(&|p| p.state.as_str().to_owned()))
+    .bind(text(&|p| p.page_secret.clone()))
+    .bind(int(&|p| p.expire_time))
+    .bind(int(&|p| p.create_time))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A change of a group: the tenant, the payment id and the change.
+type ChangeRef<'a> = (&'a Tenant, &'a str, &'a StateChange);
+
+/// One round of state changes (each payment at most once); the changed
+/// payments by id.
+async fn pg_change_states(
+    tx: &mut PgConnection,
+    writes: &[Write],
+    round: &[usize],
+) -> Result<HashMap<String, Payment>, PaymentsError> {
+    let changes: Vec<ChangeRef<'_>> = round
+        .iter()
+        .filter_map(|&i| match &writes[i] {
+            Write::Change {
+                tenant,
+                payment_id,
+                change,
+            } => Some((tenant, payment_id.as_str(), change)),
+            Write::Create { .. } => None,
+        })
+        .collect();
+    let text =
+        |f: &dyn Fn(&ChangeRef<'_>) -> String| -> Vec<String> { changes.iter().map(f).collect() };
+    let opt_text = |f: &dyn Fn(&ChangeRef<'_>) -> Option<String>| -> Vec<Option<String>> {
+        changes.iter().map(f).collect()
+    };
+    let opt_int = |f: &dyn Fn(&ChangeRef<'_>) -> Option<i64>| -> Vec<Option<i64>> {
+        changes.iter().map(f).collect()
+    };
+    let rows: Vec<PaymentRow> = sqlx::query_as(concat!(
+        "UPDATE payments SET state = c.t, failure_reason = c.r, failure_message = c.m, \
+         fee_minor = COALESCE(c.fee, fee_minor), card_brand = COALESCE(c.cb, card_brand), \
+         card_first_six = COALESCE(c.c6, card_first_six), \
+         card_last_four = COALESCE(c.c4, card_last_four), \
+         card_expiry_month = COALESCE(c.cm, card_expiry_month), \
+         card_expiry_year = COALESCE(c.cy, card_expiry_year), \
+         cardholder_name = COALESCE(c.cn, cardholder_name), update_time = c.n \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bigint[], \
+         $13::bigint[], $14::text[], $15::bigint[]) \
+         AS c(i, a, e, f, t, r, m, fee, cb, c6, c4, cm, cy, cn, n) \
+         WHERE payment_id = c.i AND agency_id = c.a AND environment = c.e AND state = c.f \
+         AND (c.t <> 'success' OR void_requested_time IS NULL) RETURNING ",
+        payment_columns!()
+    ))
+    .bind(text(&|c| c.1.to_owned()))
+    .bind(text(&|c| c.0.agency_id.clone()))
+    .bind(text(&|c| c.0.environment.as_str().to_owned()))
+    .bind(text(&|c| c.2.from.as_str().to_owned()))
+    .bind(text(&|c| c.2.to.as_str().to_owned()))
+    .bind(opt_text(&|c| c.2.reason.map(|r| r.as_str().to_owned())))
+    .bind(text(&|c| c.2.message.clone()))
+    .bind(opt_int(&|c| c.2.fee_minor))
+    .bind(opt_text(&|c| {
+        c.2.card.as_ref().map(|k| k.brand.as_str().to_owned())
+    }))
+    .bind(opt_text(&|c| {
+        c.2.card.as_ref().map(|k| k.first_six.clone())
+    }))
+    .bind(opt_text(&|c| {
+        c.2.card.as_ref().map(|k| k.last_four.clone())
+    }))
+    .bind(opt_int(&|c| {
+        c.2.card.as_ref().map(|k| i64::from(k.expiry.month))
+    }))
+    .bind(opt_int(&|c| {
+        c.2.card.as_ref().map(|k| i64::from(k.expiry.year))
+    }))
+    .bind(opt_text(&|c| {
+        c.2.card.as_ref().map(|k| k.cardholder_name.clone())
+    }))
+    .bind(changes.iter().map(|c| c.2.now).collect::<Vec<i64>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let payment = Payment::try_from(row)?;
+            Ok((payment.payment_id.clone(), payment))
+        })
+        .collect()
+}
+
+/// The events of the written payments (in the group's order, which is
+/// their sequence order) and the deliveries they owe to webhook
+/// endpoints.
+async fn pg_insert_events(
+    tx: &mut PgConnection,
+    writes: &[Write],
+    written: &[Option<Payment>],
+) -> Result<(), PaymentsError> {
+    let events: Vec<(String, EventType, &Payment)> = writes
+        .iter()
+        .zip(written)
+        .filter_map(|(w, p)| {
+            let p = p.as_ref()?;
+            let event = match w {
+                Write::Create { .. } => EventType::PaymentCreated,
+                Write::Change { change, .. } => change.event,
+            };
+            Some((new_id(EVENT_ID_PREFIX), event, p))
+        })
+        .collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let text = |f: &dyn Fn(&(String, EventType, &Payment)) -> String| -> Vec<String> {
+        events.iter().map(f).collect()
+    };
+    let int = |f: &dyn Fn(&(String, EventType, &Payment)) -> i64| -> Vec<i64> {
+        events.iter().map(f).collect()
+    };
+    sqlx::query(
+        "INSERT INTO payment_events (event_id, agency_id, environment, payment_id, event_type, \
+         occur_time, state, failure_reason, failure_message, refund_submitted_minor, fee_minor, \
+         has_card) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+         $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], \
+         $12::bigint[])",
+    )
+    .bind(text(&|e| e.0.clone()))
+    .bind(text(&|e| e.2.tenant.agency_id.clone()))
+    .bind(text(&|e| e.2.tenant.environment.as_str().to_owned()))
+    .bind(text(&|e| e.2.payment_id.clone()))
+    .bind(text(&|e| e.1.as_str().to_owned()))
+    .bind(int(&|e| e.2.update_time))
+    .bind(text(&|e| e.2.state.as_str().to_owned()))
+    .bind(
+        events
+            .iter()
+            .map(|e| e.2.failure_reason.map(|r| r.as_str().to_owned()))
+            .collect::<Vec<Option<String>>>(),
+    )
+    .bind(text(&|e| e.2.failure_message.clone()))
+    .bind(int(&|e| e.2.refund_submitted_minor))
+    .bind(
+        events
+            .iter()
+            .map(|e| e.2.fee_minor)
+            .collect::<Vec<Option<i64>>>(),
+    )
+    .bind(int(&|e| i64::from(e.2.card.is_some())))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (event_id, webhook_endpoint_id, agency_id, environment, \
+         state, attempts, next_attempt_time, last_response, create_time, update_time) \
+         SELECT c.i, w.webhook_endpoint_id, w.agency_id, w.environment, 'pending', 0, c.n, '', \
+         c.n, c.n FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+         AS c(i, a, e, t, n) JOIN webhook_endpoints w ON w.agency_id = c.a \
+         AND w.environment = c.e AND (w.event_types = '' OR w.event_types LIKE '%,' || c.t || ',%')",
+    )
+    .bind(text(&|e| e.0.clone()))
+    .bind(text(&|e| e.2.tenant.agency_id.clone()))
+    .bind(text(&|e| e.2.tenant.environment.as_str().to_owned()))
+    .bind(text(&|e| e.1.as_str().to_owned()))
+    .bind(int(&|e| e.2.update_time))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The ledger postings of the changes written, in one statement.
+async fn pg_insert_postings(
+    tx: &mut PgConnection,
+    writes: &[Write],
+    written: &[Option<Payment>],
+) -> Result<(), PaymentsError> {
+    // (entry, transaction, payment, type, account, currency, amount, time)
+    type Row<'a> = (
+        String,
+        String,
+        &'a Payment,
+        &'a str,
+        &'a str,
+        &'a str,
+        i64,
+        i64,
+    );
+    let mut rows: Vec<Row<'_>> = Vec::new();
+    for (write, payment) in writes.iter().zip(written) {
+        let (Write::Change { change, .. }, Some(payment)) = (write, payment) else {
+            continue;
+        };
+        for transaction in &change.postings {
+            let transaction_id = new_id(LEDGER_TRANSACTION_ID_PREFIX);
+            for posting in transaction.postings() {
+                rows.push((
+                    new_id(LEDGER_ENTRY_ID_PREFIX),
+                    transaction_id.clone(),
+                    payment,
+                    transaction.kind.as_str(),
+                    posting.account.as_str(),
+                    transaction.currency.code(),
+                    posting.amount_minor,
+                    change.now,
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO ledger_entries (entry_id, transaction_id, agency_id, environment, \
+         transaction_type, account, currency, amount_minor, payment_id, posting_time) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::bigint[], $9::text[], $10::bigint[])",
+    )
+    .bind(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.2.tenant.agency_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.2.tenant.environment.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.3.to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.4.to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.5.to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.6).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.2.payment_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.7).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
