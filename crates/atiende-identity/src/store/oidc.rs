@@ -397,28 +397,6 @@ pub struct RefreshTokenRow {
     pub expire_time: i64,
 }
 
-pub async fn insert_refresh_token(
-    db: &Database,
-    row: &RefreshTokenRow,
-) -> Result<(), IdentityError> {
-    on_db!(db, pool => {
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, family, citizen_id, client_id, agency_id, scope, \
-             expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&row.token_hash)
-        .bind(&row.family)
-        .bind(&row.citizen_id)
-        .bind(&row.client_id)
-        .bind(&row.agency_id)
-        .bind(&row.scope)
-        .bind(row.expire_time)
-        .execute(pool)
-        .await?;
-    });
-    Ok(())
-}
-
 /// What presenting a refresh token found.
 pub enum RefreshLookup {
     /// Unused and unexpired: now marked used.
