@@ -586,9 +586,10 @@ impl IdentityService {
             return Err(invalid());
         }
         let jti_hash = crate::domain::oidc::token_hash(&format!("{client_id}\0{jti}"));
-        if !store::oidc::use_assertion_id(&self.db, &jti_hash, exp.saturating_mul(1_000_000))
-            .await?
-        {
+        // Kept past `exp` by the validation's leeway (60 s), during which the
+        // assertion would still verify.
+        let keep_until = exp.saturating_add(60).saturating_mul(1_000_000);
+        if !store::oidc::use_assertion_id(&self.db, &jti_hash, keep_until).await? {
             tracing::warn!(client_id, "client assertion replayed");
             return Err(invalid());
         }

@@ -43,12 +43,18 @@ CREATE TABLE refresh_families (
     revoke_time  INTEGER,
     expire_time  INTEGER NOT NULL
 );
+-- The families of refresh tokens issued before this migration.
+INSERT INTO refresh_families (family, expire_time)
+    SELECT family, MAX(expire_time) FROM refresh_tokens GROUP BY family;
 
 -- Email verification: a 6-digit one-time code (SHA-256 with the citizen
--- id), with a bounded number of tries.
+-- id), with a bounded number of tries. A self-registered citizen's
+-- password waits here (argon2id) until the code is right: an unverified
+-- registration cannot sign in.
 CREATE TABLE email_verifications (
     citizen_id   TEXT PRIMARY KEY REFERENCES citizens (citizen_id),
     code_hash    TEXT NOT NULL,
+    password_hash TEXT,
     attempts     INTEGER NOT NULL,
     expire_time  INTEGER NOT NULL
 );

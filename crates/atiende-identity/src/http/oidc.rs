@@ -472,6 +472,7 @@ async fn logout(
                 return error_page(PageError::Unavailable, locale);
             };
             let keep: String = [
+                "id_token_hint",
                 "client_id",
                 "post_logout_redirect_uri",
                 "state",

@@ -276,14 +276,20 @@ impl IdentityService {
         &self,
         citizen_id: &str,
         email: &EmailAddress,
+        waiting_password: Option<Password>,
         locale: crate::service::oidc::Locale,
         now: i64,
     ) -> Result<(), IdentityError> {
         let code = email_code()?;
+        let password_hash = match waiting_password {
+            Some(password) => Some(blocking(move || hash_password(password.expose())).await??),
+            None => None,
+        };
         crate::store::oidc::put_email_code(
             &self.db,
             citizen_id,
             &email_code_hash(citizen_id, &code),
+            password_hash.as_ref().map(|h| h.0.as_str()),
             now.saturating_add(EMAIL_CODE_TTL_MICROS),
         )
         .await?;
@@ -303,32 +309,6 @@ impl IdentityService {
             )
             .await
             .map_err(IdentityError::Delivery)
-    }
-
-    /// The TOTP enrolment the pages show: the pending one if the citizen
-    /// already started (so a mistyped first code can be typed again from
-    /// the same app entry), or a new one.
-    pub async fn totp_enrolment_for_page(
-        &self,
-        environment: Environment,
-        citizen_id: &str,
-    ) -> Result<TotpEnrolment, IdentityError> {
-        let found = store::get_citizen(&self.db, environment, citizen_id)
-            .await?
-            .ok_or(IdentityError::CitizenNotFound)?;
-        match (&found.totp_sealed, found.citizen.has_second_factor) {
-            (Some(sealed), false) => {
-                let secret = TotpSecret::from_bytes(
-                    self.keys.open_secret(&totp_context(citizen_id), sealed)?,
-                );
-                Ok(TotpEnrolment {
-                    secret_base32: secret.base32(),
-                    otpauth_uri: secret
-                        .otpauth_uri(&self.citizen_policy.totp_issuer, &found.citizen.citizen_id),
-                })
-            }
-            _ => self.begin_totp_enrolment(environment, citizen_id).await,
-        }
     }
 
     pub async fn get_citizen(

@@ -44,6 +44,8 @@ const REFRESH_LIFETIME_MICROS: i64 = 12 * 3600 * 1_000_000;
 /// How long a sign-on session lasts without use, and at most.
 const SESSION_IDLE_MICROS: i64 = 30 * 60 * 1_000_000;
 const SESSION_MAX_MICROS: i64 = 8 * 3600 * 1_000_000;
+/// How recent the password must be to add a second factor.
+const ENROL_AFTER_SIGN_IN_MICROS: i64 = 5 * 60 * 1_000_000;
 /// Tries of an email verification code.
 const EMAIL_CODE_ATTEMPTS: i64 = 5;
 
@@ -306,6 +308,7 @@ pub enum LogoutError {
 
 struct IdTokenHint {
     aud: String,
+    sid: Option<String>,
 }
 
 /// What a logout request resolves to.
@@ -621,8 +624,24 @@ impl IdentityService {
                     Some(Notice::StepUp),
                 ));
             }
+            // Adding a second factor needs the password typed just now, not
+            // an old session's.
+            let recent = request
+                .auth_time
+                .is_some_and(|t| now.saturating_sub(t) <= ENROL_AFTER_SIGN_IN_MICROS);
+            if !recent {
+                return Ok(show(
+                    Screen::SignIn {
+                        second_factor: false,
+                    },
+                    Some(Notice::StepUp),
+                ));
+            }
+            // A new secret every time the page is shown: a pending one is
+            // never shown twice (someone who saw it cannot wait for the
+            // citizen to confirm it).
             let enrolment = self
-                .totp_enrolment_for_page(client.environment, &citizen.citizen_id)
+                .begin_totp_enrolment(client.environment, &citizen.citizen_id)
                 .await
                 .map_err(|_| unavailable())?;
             return Ok(show(
@@ -914,12 +933,20 @@ impl IdentityService {
             family_names,
             email: email.clone(),
             phone,
-            password: Some(password),
+            // The password waits with the email code: until the code is
+            // typed, the registration cannot sign in.
+            password: None,
         };
         match self.register_self(&client, new, now).await {
             Ok(citizen_id) => {
                 let code = self
-                    .send_email_code(&citizen_id, &email, Locale::parse(&request.locale), now)
+                    .send_email_code(
+                        &citizen_id,
+                        &email,
+                        Some(password),
+                        Locale::parse(&request.locale),
+                        now,
+                    )
                     .await;
                 if let Err(error) = code {
                     tracing::error!(%error, "email verification code not sent");
@@ -1045,7 +1072,7 @@ impl IdentityService {
             }
             Err(IdentityError::WrongCode) => {
                 let enrolment = self
-                    .totp_enrolment_for_page(client.environment, citizen_id)
+                    .begin_totp_enrolment(client.environment, citizen_id)
                     .await
                     .map_err(|_| unavailable())?;
                 Ok(Answer::keep(Self::page_of(
@@ -1151,6 +1178,33 @@ impl IdentityService {
                 Locale::parse(&request.locale),
             ));
         };
+        // Every code goes through here: the level the client asked for is
+        // checked once more, whatever page the form came from.
+        let required = AssuranceLevel::parse(&request.acr_required).unwrap_or(AssuranceLevel::Low);
+        let client = self
+            .active_client(&request.client_id)
+            .await
+            .map_err(|_| unavailable())?
+            .ok_or_else(unavailable)?;
+        let account = store::citizens::get_citizen(&self.db, client.environment, citizen_id)
+            .await
+            .map_err(|_| unavailable())?
+            .map(|found| found.citizen)
+            .filter(|c| c.state == CitizenState::Active)
+            .map(|c| c.assurance_level);
+        let level_met = match account {
+            Some(account) => {
+                (level_rank(required) == 0 || has_otp(methods))
+                    && (required != AssuranceLevel::High || account == AssuranceLevel::High)
+            }
+            None => false,
+        };
+        if !level_met {
+            return Err(AuthorizeError::Page(
+                PageError::Expired,
+                Locale::parse(&request.locale),
+            ));
+        }
         let mut url = url::Url::parse(&request.redirect_uri).map_err(|_| unavailable())?;
         let code = random_token().map_err(|_| unavailable())?;
         let row = AuthorizationCodeRow {
@@ -1166,9 +1220,15 @@ impl IdentityService {
             expire_time: now.saturating_add(CODE_TTL_MICROS),
             session_hash: request.session_hash.clone(),
         };
-        store::oidc::insert_authorization_code(&self.db, &row, &request.request_id)
+        let stored = store::oidc::insert_authorization_code(&self.db, &row, &request.request_id)
             .await
             .map_err(|_| unavailable())?;
+        if !stored {
+            return Err(AuthorizeError::Page(
+                PageError::Expired,
+                Locale::parse(&request.locale),
+            ));
+        }
         url.query_pairs_mut()
             .append_pair("code", &code)
             .append_pair("state", &request.state)
@@ -1533,7 +1593,16 @@ impl IdentityService {
             (None, "") => None,
             (None, id) => Some(id.to_owned()),
         };
-        if hint.is_none() && !request.confirmed {
+        // Without confirmation only when the hint is of this browser's
+        // session: anyone's ID token must not end someone else's session.
+        let hint_is_this_session = match (&hint, request.session_cookie) {
+            (Some(_), "") => true,
+            (Some(hint), cookie) => {
+                hint.sid.as_deref() == Some(session_id(&token_hash(cookie)).as_str())
+            }
+            (None, _) => false,
+        };
+        if !hint_is_this_session && !request.confirmed {
             return Err(LogoutError::ConfirmationNeeded);
         }
         let redirect = if request.post_logout_redirect_uri.is_empty() {
@@ -1593,6 +1662,10 @@ impl IdentityService {
             .claims;
         Some(IdTokenHint {
             aud: claims.get("aud")?.as_str()?.to_owned(),
+            sid: claims
+                .get("sid")
+                .and_then(|s| s.as_str())
+                .map(str::to_owned),
         })
     }
 

@@ -243,14 +243,24 @@ pub struct AuthorizationCodeRow {
     pub session_hash: Option<String>,
 }
 
-/// Stores the code and forgets the request it answers, in one transaction.
+/// Stores the code and forgets the request it answers, in one
+/// transaction: false (and nothing stored) if the request was already
+/// answered, so one request never gives two codes.
 pub async fn insert_authorization_code(
     db: &Database,
     code: &AuthorizationCodeRow,
     request_id: &str,
-) -> Result<(), IdentityError> {
-    on_db!(db, pool => {
+) -> Result<bool, IdentityError> {
+    let stored = on_db!(db, pool => {
         let mut tx = pool.begin().await?;
+        let answered = sqlx::query("DELETE FROM authorization_requests WHERE request_id = $1")
+            .bind(request_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if answered != 1 {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO authorization_codes (code_hash, client_id, citizen_id, redirect_uri, scope, \
              nonce, code_challenge, auth_time, methods, expire_time, session_hash) \
@@ -269,13 +279,10 @@ pub async fn insert_authorization_code(
         .bind(&code.session_hash)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM authorization_requests WHERE request_id = $1")
-            .bind(request_id)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
+        true
     });
-    Ok(())
+    Ok(stored)
 }
 
 /// Marks the code used and returns it, if it was unused and unexpired:
@@ -537,15 +544,24 @@ pub async fn rotate_refresh_token(
     Ok(lookup)
 }
 
+/// How long a revoked family's row is kept (longer than any family lives).
+const REFRESH_FAMILY_KEEP_MICROS: i64 = 13 * 3600 * 1_000_000;
+
 /// The statements that revoke a family, inside the caller's transaction
 /// (one text for both engines, as `on_db!` expands per engine).
 macro_rules! revoke_family_in {
     ($tx:expr, $family:expr, $now:expr) => {{
-        sqlx::query("UPDATE refresh_families SET revoke_time = $1 WHERE family = $2")
-            .bind($now)
-            .bind($family)
-            .execute(&mut *$tx)
-            .await?;
+        // An upsert: a family revoked before its first token was stored
+        // (a code replayed during its own exchange) stays revoked.
+        sqlx::query(
+            "INSERT INTO refresh_families (family, revoke_time, expire_time) VALUES ($2, $1, $3) \
+             ON CONFLICT (family) DO UPDATE SET revoke_time = EXCLUDED.revoke_time",
+        )
+        .bind($now)
+        .bind($family)
+        .bind($now.saturating_add(REFRESH_FAMILY_KEEP_MICROS))
+        .execute(&mut *$tx)
+        .await?;
         sqlx::query("DELETE FROM refresh_tokens WHERE family = $1")
             .bind($family)
             .execute(&mut *$tx)
@@ -762,22 +778,26 @@ pub async fn remember_consent(
     Ok(())
 }
 
-/// Keeps a new email verification code (replacing any earlier one).
+/// Keeps a new email verification code (replacing any earlier one), with
+/// the password that waits for it (self-registration).
 pub async fn put_email_code(
     db: &Database,
     citizen_id: &str,
     code_hash: &str,
+    password_hash: Option<&str>,
     expire_time: i64,
 ) -> Result<(), IdentityError> {
     on_db!(db, pool => {
         sqlx::query(
-            "INSERT INTO email_verifications (citizen_id, code_hash, attempts, expire_time) \
-             VALUES ($1, $2, 0, $3) ON CONFLICT (citizen_id) \
-             DO UPDATE SET code_hash = EXCLUDED.code_hash, attempts = 0, \
-             expire_time = EXCLUDED.expire_time",
+            "INSERT INTO email_verifications (citizen_id, code_hash, password_hash, attempts, \
+             expire_time) VALUES ($1, $2, $3, 0, $4) ON CONFLICT (citizen_id) \
+             DO UPDATE SET code_hash = EXCLUDED.code_hash, \
+             password_hash = COALESCE(EXCLUDED.password_hash, email_verifications.password_hash), \
+             attempts = 0, expire_time = EXCLUDED.expire_time",
         )
         .bind(citizen_id)
         .bind(code_hash)
+        .bind(password_hash)
         .bind(expire_time)
         .execute(pool)
         .await?;
@@ -786,8 +806,8 @@ pub async fn put_email_code(
 }
 
 /// Checks a typed code: one try is spent whatever the result; the right
-/// code, unexpired and within `max_attempts`, verifies the email address
-/// and is forgotten.
+/// code, unexpired and within `max_attempts`, verifies the email address,
+/// sets the password that waited for it, and is forgotten.
 pub async fn verify_email_code(
     db: &Database,
     citizen_id: &str,
@@ -797,26 +817,34 @@ pub async fn verify_email_code(
 ) -> Result<bool, IdentityError> {
     let verified = on_db!(db, pool => {
         let mut tx = pool.begin().await?;
-        let spent: Option<String> = sqlx::query_scalar(
+        let spent: Option<(String, Option<String>)> = sqlx::query_as(
             "UPDATE email_verifications SET attempts = attempts + 1 \
-             WHERE citizen_id = $1 AND attempts < $2 AND expire_time > $3 RETURNING code_hash",
+             WHERE citizen_id = $1 AND attempts < $2 AND expire_time > $3 \
+             RETURNING code_hash, password_hash",
         )
         .bind(citizen_id)
         .bind(max_attempts)
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        let ok = spent.is_some_and(|stored| {
-            bool::from(subtle::ConstantTimeEq::ct_eq(stored.as_bytes(), code_hash.as_bytes()))
-        });
+        let (ok, password_hash) = match spent {
+            Some((stored, password_hash)) => (
+                bool::from(subtle::ConstantTimeEq::ct_eq(stored.as_bytes(), code_hash.as_bytes())),
+                password_hash,
+            ),
+            None => (false, None),
+        };
         if ok {
             sqlx::query("DELETE FROM email_verifications WHERE citizen_id = $1")
                 .bind(citizen_id)
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "UPDATE citizens SET email_verified = TRUE, update_time = $1 WHERE citizen_id = $2",
+                "UPDATE citizens SET email_verified = TRUE, \
+                 password_hash = COALESCE($1, password_hash), update_time = $2 \
+                 WHERE citizen_id = $3",
             )
+            .bind(password_hash)
             .bind(now)
             .bind(citizen_id)
             .execute(&mut *tx)

@@ -184,6 +184,16 @@ async fn id_claims(
     Ok((tokens, claims))
 }
 
+/// The TOTP key an enrolment page shows.
+fn totp_key(page: &Seen) -> String {
+    let start = page.html.find("id=\"totp_secret\">").unwrap() + 17;
+    page.html[start..]
+        .split('<')
+        .next()
+        .unwrap()
+        .replace(' ', "")
+}
+
 fn totp_now(secret: &TotpSecret, offset_steps: i64) -> String {
     let step = u64::try_from(now_micros() / 30_000_000 + offset_steps).unwrap();
     format!("{:06}", hotp(secret.expose(), step, 6))
@@ -306,13 +316,19 @@ pub async fn acr_values_substantial_steps_up_with_totp_enrolment_on_the_pages(
         .await?;
     assert_eq!(enrol.status, StatusCode::OK);
     assert!(enrol.html.contains("<svg"), "a QR code");
-    let key_start = enrol.html.find("id=\"totp_secret\">").unwrap() + 17;
-    let key: String = enrol.html[key_start..]
-        .split('<')
-        .next()
-        .unwrap()
-        .replace(' ', "");
-    let secret = TotpSecret::from_base32(&key).unwrap();
+    let key = totp_key(&enrol);
+    // The consent form cannot be posted from here to skip the enrolment:
+    // no code without the level asked for.
+    let skipped = browser
+        .submit(&enrol, "/oauth2/consent", &[("decision", "allow")])
+        .await?;
+    assert_eq!(skipped.status, StatusCode::BAD_REQUEST);
+    assert!(skipped.location.is_none());
+    let enrol = browser
+        .authorize(&rp, &challenge, "openid", &[("acr_values", "substantial")])
+        .await?;
+    let again_key = totp_key(&enrol);
+    assert_ne!(key, again_key, "a new secret every time the page is shown");
     // prompt=none cannot enrol.
     let silent = browser
         .authorize(
@@ -323,12 +339,12 @@ pub async fn acr_values_substantial_steps_up_with_totp_enrolment_on_the_pages(
         )
         .await?;
     assert_eq!(silent.params()["error"], "interaction_required");
-    // A wrong code: the same key again, with a message.
+    // A wrong code: a message, and a new key to scan.
     let wrong = browser
         .submit(&enrol, "/oauth2/enrol", &[("totp_code", "000000")])
         .await?;
     assert!(wrong.html.contains("role=\"alert\""));
-    assert!(wrong.html.contains(&key[..4]));
+    let secret = TotpSecret::from_base32(&totp_key(&wrong)).unwrap();
     let codes = browser
         .submit(
             &wrong,
@@ -520,6 +536,21 @@ pub async fn citizens_register_on_the_pages_in_english_and_verify_their_email(
         verify.html
     );
     let code = app.mailbox.code_for("Ana@ejemplo.cl").unwrap();
+    // Before the code, the registration cannot sign in.
+    let mut early = Browser::new(&flow);
+    let page = early.authorize(&rp, &challenge, "openid", &[]).await?;
+    let refused = early
+        .submit(
+            &page,
+            "/oauth2/authorize",
+            &[
+                ("national_id", "11.111.111-1"),
+                ("password", "a long walk by the sea"),
+            ],
+        )
+        .await?;
+    assert!(is_sign_in(&refused));
+    assert!(refused.html.contains("role=\"alert\""));
     let wrong = format!("{:06}", (code.parse::<u32>()? + 1) % 1_000_000);
     let again = browser
         .submit(&verify, "/oauth2/verify-email", &[("email_code", &wrong)])
@@ -645,6 +676,22 @@ pub async fn logout_ends_the_session_and_returns_to_a_registered_uri(
     let refused = browser.get(&logout(&tampered, REDIRECT)).await?;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     assert!(browser.session().is_some(), "still signed in");
+
+    // Someone else's ID token (another session) does not end this one
+    // without asking.
+    let mut other = Browser::new(&flow);
+    let page = other.authorize(&rp, &challenge, "openid", &[]).await?;
+    let theirs = other.sign_in(&page).await?.code();
+    let (their_tokens, _) = id_claims(&flow, &rp, &theirs, &verifier).await?;
+    let asked = browser
+        .get(&logout(
+            their_tokens["id_token"].as_str().unwrap(),
+            REDIRECT,
+        ))
+        .await?;
+    assert_eq!(asked.status, StatusCode::OK);
+    assert!(asked.html.contains("name=\"confirm\""));
+    assert!(browser.session().is_some());
 
     let out = browser.get(&logout(&id_token, REDIRECT)).await?;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
