@@ -88,6 +88,7 @@ async fn write(db: &Database, group: &mut Vec<Unit>) {
         writes.extend(unit);
     }
     let started = Instant::now();
+    stamp(&mut writes, atiende_platform::storage::now_micros());
     let result = store::write_group(db, &writes).await;
     tracing::debug!(
         writes = writes.len(),
@@ -111,9 +112,24 @@ async fn write(db: &Database, group: &mut Vec<Unit>) {
             tracing::warn!(%error, writes = writes.len(), "a group commit failed; writing one request at a time");
             let mut writes = writes.into_iter();
             for (len, reply) in replies {
-                let unit: Vec<Write> = writes.by_ref().take(len).collect();
+                let mut unit: Vec<Write> = writes.by_ref().take(len).collect();
+                stamp(&mut unit, atiende_platform::storage::now_micros());
                 let _ = reply.send(store::write_group(db, &unit).await);
             }
+        }
+    }
+}
+
+/// Dates each write's event when its group is written, not when its
+/// request was queued. A stream that meets a missing sequence number waits
+/// for it until the event after it is 2 s old; a request that waited longer
+/// than that in the queue must not make an uncommitted event look rolled
+/// back.
+fn stamp(writes: &mut [Write], now: i64) {
+    for write in writes {
+        match write {
+            Write::Create { payment, .. } => payment.update_time = payment.update_time.max(now),
+            Write::Change { change, .. } => change.now = change.now.max(now),
         }
     }
 }

@@ -108,7 +108,8 @@ pub async fn stale_payments(
         sqlx::query_as(
             "SELECT agency_id, environment, payment_id, state FROM payments \
              WHERE (state IN ('created', 'started') AND expire_time <= $1) \
-             OR (state = 'capturable' AND update_time <= $2) \
+             OR (state = 'capturable' AND update_time <= $2 \
+                 AND void_requested_time IS NULL) \
              ORDER BY expire_time LIMIT $3",
         )
         .bind(now)
