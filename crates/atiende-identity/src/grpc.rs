@@ -29,6 +29,7 @@ pub struct TokenApi(pub Arc<IdentityService>);
 pub struct CitizenApi(pub Arc<IdentityService>);
 
 mod citizens;
+pub mod notifications;
 
 fn admin(request: &Request<impl Sized>) -> Result<Caller, ApiError> {
     let caller = caller(request)?;

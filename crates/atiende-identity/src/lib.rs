@@ -49,7 +49,8 @@ pub const SERVICE_NAME: &str = "identity";
 fn email_code_sender(
     citizens: &config::CitizenConfig,
 ) -> anyhow::Result<Arc<dyn service::email_codes::EmailCodeSender>> {
-    use service::email_codes::{LogEmailCodes, NoEmailCodes, NotificationsEmailCodes};
+    use grpc::notifications::NotificationsEmailCodes;
+    use service::email_codes::{LogEmailCodes, NoEmailCodes};
     Ok(match citizens.email_codes {
         config::EmailCodeDelivery::None => Arc::new(NoEmailCodes),
         config::EmailCodeDelivery::Log => {

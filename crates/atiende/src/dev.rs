@@ -205,8 +205,9 @@ async fn email_codes_through_notifications(
     grpc_addr: SocketAddr,
     credentials: DevCredentials,
 ) {
+    use atiende_identity::grpc::notifications::NotificationsEmailCodes;
     use atiende_identity::service::email_codes::{
-        EmailCode, EmailCodeSender, LogEmailCodes, NotificationsEmailCodes, SendFuture,
+        EmailCode, EmailCodeSender, LogEmailCodes, SendFuture,
     };
     use atiende_proto::notifications::v1 as notify;
 

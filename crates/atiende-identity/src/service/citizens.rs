@@ -105,7 +105,7 @@ pub struct AuditQuery {
     pub occur_before: Option<i64>,
 }
 
-fn audit(
+pub(crate) fn audit(
     event_type: AuditEventType,
     environment: Environment,
     citizen_id: Option<&str>,

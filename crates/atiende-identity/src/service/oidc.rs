@@ -14,7 +14,7 @@ use atiende_platform::storage::now_micros;
 
 use secrecy::SecretString;
 
-use super::citizens::{NewCitizen, PasswordAttempt, SignInOutcome, email_code_hash};
+use super::citizens::{NewCitizen, PasswordAttempt, SignInOutcome, audit, email_code_hash};
 use super::{ClientAuth, IdentityService};
 use crate::domain::audit::AuditEventType;
 use crate::domain::citizen::{AssuranceLevel, CitizenState, EmailAddress, PersonName, PhoneNumber};
@@ -391,6 +391,18 @@ fn scope_covered(granted: &str, asked: &str) -> bool {
         .all(|s| granted.contains(&s))
 }
 
+/// The level a pending request asks for.
+fn required_of(request: &AuthorizationRequestRow) -> AssuranceLevel {
+    AssuranceLevel::parse(&request.acr_required).unwrap_or(AssuranceLevel::Low)
+}
+
+/// Whether a sign-in (its methods) of an account (its attested level)
+/// meets the level asked for.
+fn level_met(required: AssuranceLevel, methods: &str, account: AssuranceLevel) -> bool {
+    (level_rank(required) == 0 || has_otp(methods))
+        && (required != AssuranceLevel::High || account == AssuranceLevel::High)
+}
+
 fn has_otp(methods: &str) -> bool {
     methods.split(' ').any(|m| m == "otp")
 }
@@ -608,7 +620,7 @@ impl IdentityService {
                 None,
             ));
         };
-        let required = AssuranceLevel::parse(&request.acr_required).unwrap_or(AssuranceLevel::Low);
+        let required = required_of(request);
         if level_rank(required) >= 1 && !has_otp(methods) {
             if !interactive {
                 return Err(interaction(
@@ -669,7 +681,10 @@ impl IdentityService {
                 .map_err(|_| unavailable())?
         };
         if granted.is_some_and(|g| scope_covered(&g, &request.scope)) {
-            return self.issue_code(request, now).await.map(Step::Redirect);
+            return self
+                .issue_code(request, client, citizen.assurance_level, now)
+                .await
+                .map(Step::Redirect);
         }
         if !interactive {
             return Err(interaction("consent_required", "the citizen must consent"));
@@ -1007,21 +1022,14 @@ impl IdentityService {
         if !verified {
             return Ok(wrong);
         }
-        let event = crate::domain::audit::NewAuditEvent {
-            audit_event_id: atiende_platform::ids::new_id(
-                crate::domain::audit::AUDIT_EVENT_ID_PREFIX,
-            ),
-            event_type: AuditEventType::SignInSuccess,
-            environment: client.environment.as_str().to_owned(),
-            citizen_id: Some(citizen_id.clone()),
-            agency_id: None,
-            occur_time: now,
-            attributes: [
-                ("methods".to_owned(), "pwd".to_owned()),
-                ("via".to_owned(), "registration".to_owned()),
-            ]
-            .into(),
-        };
+        let event = audit(
+            AuditEventType::SignInSuccess,
+            client.environment,
+            Some(&citizen_id),
+            None,
+            &[("methods", "pwd"), ("via", "registration")],
+            now,
+        );
         store::citizens::append_audit_event(&self.db, event)
             .await
             .map_err(|_| unavailable())?;
@@ -1120,25 +1128,18 @@ impl IdentityService {
         else {
             return Err(expired);
         };
-        let event = crate::domain::audit::NewAuditEvent {
-            audit_event_id: atiende_platform::ids::new_id(
-                crate::domain::audit::AUDIT_EVENT_ID_PREFIX,
-            ),
-            event_type: AuditEventType::Consent,
-            environment: client.environment.as_str().to_owned(),
-            citizen_id: Some(citizen_id.clone()),
-            agency_id: Some(client.agency_id.clone()),
-            occur_time: now,
-            attributes: [
-                ("client_id".to_owned(), client.client_id.clone()),
-                ("scope".to_owned(), request.scope.clone()),
-                (
-                    "decision".to_owned(),
-                    if allow { "granted" } else { "denied" }.to_owned(),
-                ),
-            ]
-            .into(),
-        };
+        let event = audit(
+            AuditEventType::Consent,
+            client.environment,
+            Some(citizen_id),
+            Some(&client.agency_id),
+            &[
+                ("client_id", &client.client_id),
+                ("scope", &request.scope),
+                ("decision", if allow { "granted" } else { "denied" }),
+            ],
+            now,
+        );
         store::citizens::append_audit_event(&self.db, event)
             .await
             .map_err(|_| unavailable())?;
@@ -1157,7 +1158,14 @@ impl IdentityService {
         store::oidc::remember_consent(&self.db, citizen_id, &client.client_id, &request.scope, now)
             .await
             .map_err(|_| unavailable())?;
-        let location = self.issue_code(&request, now).await?;
+        let account = store::citizens::get_citizen(&self.db, client.environment, citizen_id)
+            .await
+            .map_err(|_| unavailable())?
+            .map(|found| found.citizen)
+            .filter(|c| c.state == CitizenState::Active)
+            .ok_or(expired)?
+            .assurance_level;
+        let location = self.issue_code(&request, &client, account, now).await?;
         Ok(Answer::keep(Step::Redirect(location)))
     }
 
@@ -1166,6 +1174,8 @@ impl IdentityService {
     async fn issue_code(
         &self,
         request: &AuthorizationRequestRow,
+        client: &Client,
+        account: AssuranceLevel,
         now: i64,
     ) -> Result<String, AuthorizeError> {
         let unavailable =
@@ -1180,26 +1190,9 @@ impl IdentityService {
         };
         // Every code goes through here: the level the client asked for is
         // checked once more, whatever page the form came from.
-        let required = AssuranceLevel::parse(&request.acr_required).unwrap_or(AssuranceLevel::Low);
-        let client = self
-            .active_client(&request.client_id)
-            .await
-            .map_err(|_| unavailable())?
-            .ok_or_else(unavailable)?;
-        let account = store::citizens::get_citizen(&self.db, client.environment, citizen_id)
-            .await
-            .map_err(|_| unavailable())?
-            .map(|found| found.citizen)
-            .filter(|c| c.state == CitizenState::Active)
-            .map(|c| c.assurance_level);
-        let level_met = match account {
-            Some(account) => {
-                (level_rank(required) == 0 || has_otp(methods))
-                    && (required != AssuranceLevel::High || account == AssuranceLevel::High)
-            }
-            None => false,
-        };
-        if !level_met {
+        if client.client_id != request.client_id
+            || !level_met(required_of(request), methods, account)
+        {
             return Err(AuthorizeError::Page(
                 PageError::Expired,
                 Locale::parse(&request.locale),
@@ -1250,10 +1243,7 @@ impl IdentityService {
             tracing::error!(%error, "code exchange failed");
             TokenError::Unavailable
         };
-        let client = self.authenticate(auth).await.map_err(|error| match error {
-            IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
-            _ => TokenError::Unavailable,
-        })?;
+        let client = self.token_client(auth).await?;
         if code.is_empty() || code_verifier.is_empty() || redirect_uri.is_empty() {
             return Err(TokenError::InvalidRequest);
         }
@@ -1275,10 +1265,9 @@ impl IdentityService {
             }
             // Used before (or expired) by its own client: whatever the code
             // gave is revoked.
-            let revoked = store::oidc::revoke_tokens_of_code(&self.db, &code_hash)
-                .await
-                .map_err(unavailable)?;
-            store::oidc::revoke_family(&self.db, &code_hash)
+            // The family is the code's digest: its refresh tokens and every
+            // access token the code gave.
+            let revoked = store::oidc::revoke_family(&self.db, &code_hash)
                 .await
                 .map_err(unavailable)?;
             if revoked > 0 {
@@ -1374,10 +1363,7 @@ impl IdentityService {
             tracing::error!(%error, "refresh failed");
             TokenError::Unavailable
         };
-        let client = self.authenticate(auth).await.map_err(|error| match error {
-            IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
-            _ => TokenError::Unavailable,
-        })?;
+        let client = self.token_client(auth).await?;
         if refresh_token.is_empty() {
             return Err(TokenError::InvalidRequest);
         }
@@ -1437,10 +1423,7 @@ impl IdentityService {
             tracing::error!(%error, "revocation failed");
             TokenError::Unavailable
         };
-        let client = self.authenticate(auth).await.map_err(|error| match error {
-            IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
-            _ => TokenError::Unavailable,
-        })?;
+        let client = self.token_client(auth).await?;
         if token.is_empty() {
             return Err(TokenError::InvalidRequest);
         }
@@ -1449,22 +1432,30 @@ impl IdentityService {
                 .await
                 .map_err(unavailable)?;
         if let Some(citizen_id) = revoked {
-            let event = crate::domain::audit::NewAuditEvent {
-                audit_event_id: atiende_platform::ids::new_id(
-                    crate::domain::audit::AUDIT_EVENT_ID_PREFIX,
-                ),
-                event_type: AuditEventType::TokenRevoke,
-                environment: client.environment.as_str().to_owned(),
-                citizen_id: Some(citizen_id),
-                agency_id: Some(client.agency_id.clone()),
-                occur_time: now_micros(),
-                attributes: [("client_id".to_owned(), client.client_id.clone())].into(),
-            };
+            let event = audit(
+                AuditEventType::TokenRevoke,
+                client.environment,
+                Some(&citizen_id),
+                Some(&client.agency_id),
+                &[("client_id", &client.client_id)],
+                now_micros(),
+            );
             store::citizens::append_audit_event(&self.db, event)
                 .await
                 .map_err(unavailable)?;
         }
         Ok(())
+    }
+
+    /// The client of a token, revocation or introspection request.
+    async fn token_client(&self, auth: &ClientAuth) -> Result<Client, TokenError> {
+        self.authenticate(auth).await.map_err(|error| match error {
+            IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
+            error => {
+                tracing::error!(%error, "client authentication failed");
+                TokenError::Unavailable
+            }
+        })
     }
 
     async fn new_access_token(
@@ -1499,21 +1490,14 @@ impl IdentityService {
         grant: &str,
         now: i64,
     ) -> Result<(), IdentityError> {
-        let event = crate::domain::audit::NewAuditEvent {
-            audit_event_id: atiende_platform::ids::new_id(
-                crate::domain::audit::AUDIT_EVENT_ID_PREFIX,
-            ),
-            event_type: AuditEventType::TokenIssue,
-            environment: client.environment.as_str().to_owned(),
-            citizen_id: Some(citizen_id.to_owned()),
-            agency_id: Some(client.agency_id.clone()),
-            occur_time: now,
-            attributes: [
-                ("client_id".to_owned(), client.client_id.clone()),
-                ("grant".to_owned(), grant.to_owned()),
-            ]
-            .into(),
-        };
+        let event = audit(
+            AuditEventType::TokenIssue,
+            client.environment,
+            Some(citizen_id),
+            Some(&client.agency_id),
+            &[("client_id", &client.client_id), ("grant", grant)],
+            now,
+        );
         store::citizens::append_audit_event(&self.db, event).await?;
         Ok(())
     }
@@ -1680,10 +1664,7 @@ impl IdentityService {
             tracing::error!(%error, "introspection failed");
             TokenError::Unavailable
         };
-        let client = self.authenticate(auth).await.map_err(|error| match error {
-            IdentityError::InvalidClientCredentials => TokenError::InvalidClient,
-            _ => TokenError::Unavailable,
-        })?;
+        let client = self.token_client(auth).await?;
         if token.is_empty() {
             return Err(TokenError::InvalidRequest);
         }

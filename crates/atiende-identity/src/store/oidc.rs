@@ -535,7 +535,7 @@ pub async fn rotate_refresh_token(
             }
             None => {
                 // Used before (or expired): someone holds a copy.
-                revoke_family_in!(tx, &family, rotation.now);
+                let _ = revoke_family_in!(tx, &family, rotation.now);
                 tx.commit().await?;
                 RefreshLookup::Replayed { family }
             }
@@ -569,21 +569,23 @@ macro_rules! revoke_family_in {
         sqlx::query("DELETE FROM citizen_access_tokens WHERE code_hash = $1")
             .bind($family)
             .execute(&mut *$tx)
-            .await?;
+            .await?
+            .rows_affected()
     }};
 }
 use revoke_family_in;
 
 /// Revokes a whole family: its refresh tokens and its access tokens, and
 /// no refresh can add to it afterwards.
-pub async fn revoke_family(db: &Database, family: &str) -> Result<(), IdentityError> {
+pub async fn revoke_family(db: &Database, family: &str) -> Result<u64, IdentityError> {
     let now = atiende_platform::storage::now_micros();
-    on_db!(db, pool => {
+    let access_tokens = on_db!(db, pool => {
         let mut tx = pool.begin().await?;
-        revoke_family_in!(tx, family, now);
+        let revoked = revoke_family_in!(tx, family, now);
         tx.commit().await?;
+        revoked
     });
-    Ok(())
+    Ok(access_tokens)
 }
 
 /// RFC 7009 for a client's own citizen tokens: a refresh token revokes its
@@ -617,18 +619,6 @@ pub async fn revoke_client_token(
         .await?
     });
     Ok(access)
-}
-
-/// Revokes the access tokens issued for a code (when the code is replayed).
-pub async fn revoke_tokens_of_code(db: &Database, code_hash: &str) -> Result<u64, IdentityError> {
-    let done = on_db!(db, pool => {
-        sqlx::query("DELETE FROM citizen_access_tokens WHERE code_hash = $1")
-            .bind(code_hash)
-            .execute(pool)
-            .await?
-            .rows_affected()
-    });
-    Ok(done)
 }
 
 /// The deployment's pairwise salt, created on first use (`candidate`).
