@@ -162,6 +162,7 @@ impl PaymentsService {
                 fee_minor,
                 postings,
                 now: now_micros(),
+                opened: None,
             };
             let from = change.from;
             let write = Write::Change {
@@ -431,52 +432,42 @@ impl PaymentsService {
         self.record_authorisation(payment, outcome).await
     }
 
-    /// A CREATED payment opened and its card submitted in one commit (two
-    /// events): one wait for the writer instead of two. `None` when the
-    /// payment was no longer CREATED (nothing was written).
+    /// A CREATED payment opened and its card submitted as one write (one
+    /// row change, two events): one wait for the writer instead of two.
+    /// `None` when the payment was no longer CREATED (nothing was written).
     async fn open_and_submit(
         &self,
         tenant: &Tenant,
         payment: &Payment,
         card: &CardSummary,
     ) -> Result<Option<Payment>, PaymentsError> {
-        let now = now_micros();
-        let step = |from, to, card: Option<CardSummary>| -> Result<Write, PaymentsError> {
-            Ok(Write::Change {
-                tenant: tenant.clone(),
-                payment_id: payment.payment_id.clone(),
-                change: StateChange {
-                    from,
-                    to,
-                    event: state::transition(from, to, None)?,
-                    reason: None,
-                    message: String::new(),
-                    card,
-                    fee_minor: None,
-                    postings: Vec::new(),
-                    now,
-                },
-            })
+        let write = Write::Change {
+            tenant: tenant.clone(),
+            payment_id: payment.payment_id.clone(),
+            change: StateChange {
+                from: PaymentState::Created,
+                to: PaymentState::Submitted,
+                event: state::transition(PaymentState::Started, PaymentState::Submitted, None)?,
+                reason: None,
+                message: String::new(),
+                card: Some(card.clone()),
+                fee_minor: None,
+                postings: Vec::new(),
+                now: now_micros(),
+                opened: Some(state::transition(
+                    PaymentState::Created,
+                    PaymentState::Started,
+                    None,
+                )?),
+            },
         };
-        let writes = vec![
-            step(PaymentState::Created, PaymentState::Started, None)?,
-            step(
-                PaymentState::Started,
-                PaymentState::Submitted,
-                Some(card.clone()),
-            )?,
-        ];
-        let mut written = self.writer.write_all(writes).await?;
-        let (submitted, opened) = (written.pop(), written.pop());
-        if matches!(opened, Some(Written::Done(_))) {
-            self.events_recorded();
-        }
-        match submitted {
-            Some(Written::Done(submitted)) => {
+        match self.writer.write(write).await? {
+            Written::Done(submitted) => {
+                self.events_recorded();
                 tracing::info!(payment_id = %submitted.payment_id, "payment opened and card submitted");
                 Ok(Some(submitted))
             }
-            _ => Ok(None),
+            Written::Skipped => Ok(None),
         }
     }
 

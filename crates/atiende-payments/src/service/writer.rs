@@ -6,9 +6,7 @@
 //! statements for many requests instead of a transaction each. A request is
 //! answered only after the transaction that holds its write commits. If a
 //! group fails, its requests are retried one at a time, so that one bad
-//! write (or a deadlock between two groups) fails only its own request. A
-//! request may queue several writes (the card step's STARTED and
-//! SUBMITTED): they share one transaction, in order.
+//! write (or a deadlock between two groups) fails only its own request.
 
 use std::time::Instant;
 
@@ -22,12 +20,8 @@ const GROUP_MAX: usize = 512;
 /// Transactions being written at once: one collects while another commits.
 const WRITERS: usize = 2;
 
-/// The writes of one request (committed together, in order) and where
-/// their answers go.
-type Unit = (
-    Vec<Write>,
-    oneshot::Sender<Result<Vec<Written>, PaymentsError>>,
-);
+/// The write of one request and where its answer goes.
+type Unit = (Write, oneshot::Sender<Result<Written, PaymentsError>>);
 
 pub(crate) struct Writer {
     queue: mpsc::Sender<Unit>,
@@ -57,21 +51,9 @@ impl Writer {
 
     /// Queues `write` and waits for its transaction to commit.
     pub(crate) async fn write(&self, write: Write) -> Result<Written, PaymentsError> {
-        self.write_all(vec![write])
-            .await?
-            .pop()
-            .ok_or(PaymentsError::Corrupt("empty group result"))
-    }
-
-    /// Queues writes that must commit together, in this order, and waits
-    /// for their transaction to commit; one answer per write.
-    pub(crate) async fn write_all(
-        &self,
-        writes: Vec<Write>,
-    ) -> Result<Vec<Written>, PaymentsError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((writes, reply))
+            .send((write, reply))
             .await
             .map_err(|_| PaymentsError::Storage(sqlx::Error::PoolClosed))?;
         answer
@@ -81,12 +63,7 @@ impl Writer {
 }
 
 async fn write(db: &Database, group: &mut Vec<Unit>) {
-    let mut writes = Vec::with_capacity(group.len());
-    let mut replies = Vec::with_capacity(group.len());
-    for (unit, reply) in group.drain(..) {
-        replies.push((unit.len(), reply));
-        writes.extend(unit);
-    }
+    let (mut writes, replies): (Vec<Write>, Vec<_>) = group.drain(..).unzip();
     let started = Instant::now();
     stamp(&mut writes, atiende_platform::storage::now_micros());
     let result = store::write_group(db, &writes).await;
@@ -98,23 +75,30 @@ async fn write(db: &Database, group: &mut Vec<Unit>) {
     );
     match result {
         Ok(written) => {
-            let mut written = written.into_iter();
-            for (len, reply) in replies {
-                let _ = reply.send(Ok(written.by_ref().take(len).collect()));
+            for (written, reply) in written.into_iter().zip(replies) {
+                let _ = reply.send(Ok(written));
             }
         }
         Err(error) if replies.len() == 1 => {
-            if let Some((_, reply)) = replies.pop() {
+            if let Some(reply) = replies.into_iter().next() {
                 let _ = reply.send(Err(error));
             }
         }
         Err(error) => {
             tracing::warn!(%error, writes = writes.len(), "a group commit failed; writing one request at a time");
-            let mut writes = writes.into_iter();
-            for (len, reply) in replies {
-                let mut unit: Vec<Write> = writes.by_ref().take(len).collect();
-                stamp(&mut unit, atiende_platform::storage::now_micros());
-                let _ = reply.send(store::write_group(db, &unit).await);
+            for (mut write, reply) in writes.into_iter().zip(replies) {
+                stamp(
+                    std::slice::from_mut(&mut write),
+                    atiende_platform::storage::now_micros(),
+                );
+                let written = store::write_group(db, std::slice::from_ref(&write))
+                    .await
+                    .and_then(|mut written| {
+                        written
+                            .pop()
+                            .ok_or(PaymentsError::Corrupt("empty group result"))
+                    });
+                let _ = reply.send(written);
             }
         }
     }

@@ -35,6 +35,25 @@ pub struct StateChange {
     /// Posted in the same transaction.
     pub postings: Vec<Transaction>,
     pub now: i64,
+    /// The payer opened the page in this same step (the card step on a
+    /// CREATED payment): on its way from CREATED to `to` the payment
+    /// passes through STARTED, whose event (this one) is recorded just
+    /// before `event`. One write, so one row change: both events or
+    /// neither.
+    pub opened: Option<EventType>,
+}
+
+impl StateChange {
+    /// The payment as it was in STARTED, for the event of a change that
+    /// `opened` it: nothing of the card yet, nothing else changed (it came
+    /// from CREATED).
+    fn started_view(payment: &Payment) -> Payment {
+        Payment {
+            state: PaymentState::Started,
+            card: None,
+            ..payment.clone()
+        }
+    }
 }
 
 /// One write of a group.
@@ -81,6 +100,12 @@ pub async fn write_group(db: &Database, writes: &[Write]) -> Result<Vec<Written>
             && !change.postings.iter().all(Transaction::is_balanced)
         {
             return Err(corrupt("unbalanced ledger transaction"));
+        }
+        if let Write::Change { change, .. } = write
+            && change.opened.is_some()
+            && change.from != PaymentState::Created
+        {
+            return Err(corrupt("only a CREATED payment is opened"));
         }
     }
     match db {
@@ -215,6 +240,9 @@ async fn sqlite_write(tx: &mut SqliteConnection, write: &Write) -> Result<Writte
                 return Ok(Written::Skipped);
             };
             let payment = Payment::try_from(row)?;
+            if let Some(opened) = change.opened {
+                insert_event!(tx, opened, StateChange::started_view(&payment), None);
+            }
             insert_event!(tx, change.event, payment, None);
             insert_postings!(tx, &change.postings, payment, None, change.now);
             Ok(Written::Done(payment))
@@ -234,6 +262,98 @@ fn changes_distinct(writes: &[Write]) -> bool {
         Write::Change { payment_id, .. } => ids.insert(payment_id.as_str()),
         Write::Create { .. } => true,
     })
+}
+
+// The pieces of the one-statement group. Parameters: keys $1-$6, new
+// payments $7-$22, events $23-$26, then (only when the group changes
+// payments) changes $27-$41 and ledger postings $42-$49.
+
+/// CTEs `k` (the keys claimed) and `np` (the payments inserted).
+macro_rules! group_new_payments {
+    () => {
+        concat!(
+            "WITH k AS (INSERT INTO idempotency_keys (agency_id, environment, operation, \
+             idempotency_key, request_hash, resource_id, create_time) \
+             SELECT a, e, 'CreatePayment', k, h, r, t FROM UNNEST($1::text[], $2::text[], \
+             $3::text[], $4::text[], $5::text[], $6::bigint[]) AS c(a, e, k, h, r, t) \
+             ON CONFLICT (agency_id, environment, operation, idempotency_key) DO NOTHING \
+             RETURNING resource_id), \
+             np AS (INSERT INTO payments (payment_id, agency_id, environment, amount_minor, \
+             currency, reference, description, return_url, metadata, language, delayed_capture, \
+             state, failure_message, refund_submitted_minor, page_secret, expire_time, \
+             create_time, update_time) \
+             SELECT i, a, e, am, cu, re, de, ru, me, la, dc, st, '', 0, ps, ex, ct, ct \
+             FROM UNNEST($7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], \
+             $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], \
+             $18::text[], $19::text[], $20::bigint[], $21::bigint[], $22::bool[]) \
+             AS c(i, a, e, am, cu, re, de, ru, me, la, dc, st, ps, ex, ct, kd) \
+             WHERE NOT c.kd OR c.i IN (SELECT resource_id FROM k) RETURNING ",
+            payment_columns!(),
+            ")"
+        )
+    };
+}
+
+/// CTE `up`: the state changes, each on the payment if still in its
+/// `from` state.
+macro_rules! group_changes {
+    () => {
+        concat!(
+            "up AS (UPDATE payments SET state = c.t, failure_reason = c.r, \
+             failure_message = c.m, fee_minor = COALESCE(c.fee, fee_minor), \
+             card_brand = COALESCE(c.cb, card_brand), \
+             card_first_six = COALESCE(c.c6, card_first_six), \
+             card_last_four = COALESCE(c.c4, card_last_four), \
+             card_expiry_month = COALESCE(c.cm, card_expiry_month), \
+             card_expiry_year = COALESCE(c.cy, card_expiry_year), \
+             cardholder_name = COALESCE(c.cn, cardholder_name), update_time = c.n \
+             FROM UNNEST($27::text[], $28::text[], $29::text[], $30::text[], $31::text[], \
+             $32::text[], $33::text[], $34::bigint[], $35::text[], $36::text[], $37::text[], \
+             $38::bigint[], $39::bigint[], $40::text[], $41::bigint[]) \
+             AS c(i, a, e, f, t, r, m, fee, cb, c6, c4, cm, cy, cn, n) \
+             WHERE payment_id = c.i AND agency_id = c.a AND environment = c.e AND state = c.f \
+             AND (c.t <> 'success' OR void_requested_time IS NULL) RETURNING ",
+            payment_columns!(),
+            ")"
+        )
+    };
+}
+
+/// CTEs `ev` (the events of the payments in `done`, in the group's order)
+/// and `wh` (the deliveries they owe to webhook endpoints).
+macro_rules! group_events {
+    () => {
+        "ev AS (INSERT INTO payment_events (event_id, agency_id, environment, payment_id, \
+         event_type, occur_time, state, failure_reason, failure_message, \
+         refund_submitted_minor, fee_minor, has_card) \
+         SELECT x.ev, d.agency_id, d.environment, d.payment_id, x.ty, d.update_time, \
+         CASE WHEN x.op THEN 'started' ELSE d.state END, \
+         d.failure_reason, d.failure_message, d.refund_submitted_minor, d.fee_minor, \
+         CASE WHEN x.op OR d.card_brand IS NULL THEN 0 ELSE 1 END \
+         FROM UNNEST($23::text[], $24::text[], $25::text[], $26::bool[]) \
+         WITH ORDINALITY AS x(pid, ev, ty, op, o) \
+         JOIN done d ON d.payment_id = x.pid ORDER BY x.o \
+         RETURNING event_id, agency_id, environment, event_type, occur_time), \
+         wh AS (INSERT INTO webhook_deliveries (event_id, webhook_endpoint_id, agency_id, \
+         environment, state, attempts, next_attempt_time, last_response, create_time, \
+         update_time) SELECT ev.event_id, w.webhook_endpoint_id, w.agency_id, w.environment, \
+         'pending', 0, ev.occur_time, '', ev.occur_time, ev.occur_time FROM ev \
+         JOIN webhook_endpoints w ON w.agency_id = ev.agency_id \
+         AND w.environment = ev.environment \
+         AND (w.event_types = '' OR w.event_types LIKE '%,' || ev.event_type || ',%'))"
+    };
+}
+
+/// CTE `le`: the ledger postings of the changes written.
+macro_rules! group_postings {
+    () => {
+        "le AS (INSERT INTO ledger_entries (entry_id, transaction_id, agency_id, environment, \
+         transaction_type, account, currency, amount_minor, payment_id, posting_time) \
+         SELECT l.id, l.tx, u.agency_id, u.environment, l.ty, l.acc, l.cur, l.am, \
+         u.payment_id, l.t FROM UNNEST($42::text[], $43::text[], $44::text[], $45::text[], \
+         $46::text[], $47::text[], $48::bigint[], $49::bigint[]) \
+         AS l(pid, id, tx, ty, acc, cur, am, t) JOIN up u ON u.payment_id = l.pid)"
+    };
 }
 
 /// The whole group as one PostgreSQL statement of data-modifying CTEs
@@ -284,24 +404,37 @@ async fn pg_one_statement(
             Write::Create { .. } => None,
         })
         .collect();
-    // (payment, event id, event type) of every write, if it is written.
-    let events: Vec<(&str, String, &str)> = writes
-        .iter()
-        .map(|w| match w {
-            Write::Create { payment, .. } => (
+    // (payment, event id, event type, whether it is the STARTED event of
+    // a change that opened the payment) of every write, if it is written.
+    let mut events: Vec<(&str, String, &str, bool)> = Vec::with_capacity(writes.len());
+    for write in writes {
+        match write {
+            Write::Create { payment, .. } => events.push((
                 payment.payment_id.as_str(),
                 new_id(EVENT_ID_PREFIX),
                 EventType::PaymentCreated.as_str(),
-            ),
+                false,
+            )),
             Write::Change {
                 payment_id, change, ..
-            } => (
-                payment_id.as_str(),
-                new_id(EVENT_ID_PREFIX),
-                change.event.as_str(),
-            ),
-        })
-        .collect();
+            } => {
+                if let Some(opened) = change.opened {
+                    events.push((
+                        payment_id.as_str(),
+                        new_id(EVENT_ID_PREFIX),
+                        opened.as_str(),
+                        true,
+                    ));
+                }
+                events.push((
+                    payment_id.as_str(),
+                    new_id(EVENT_ID_PREFIX),
+                    change.event.as_str(),
+                    false,
+                ));
+            }
+        }
+    }
     // (payment, entry, transaction, type, account, currency, amount, time)
     type Posting<'a> = (&'a str, String, String, &'a str, &'a str, &'a str, i64, i64);
     let mut postings: Vec<Posting<'_>> = Vec::new();
@@ -339,141 +472,114 @@ async fn pg_one_statement(
     let xoi = |f: &dyn Fn(&ChangeRef<'_>) -> Option<i64>| -> Vec<Option<i64>> {
         changes.iter().map(f).collect()
     };
-    let rows: Vec<PaymentRow> = sqlx::query_as(concat!(
-        "WITH k AS (INSERT INTO idempotency_keys (agency_id, environment, operation, \
-         idempotency_key, request_hash, resource_id, create_time) \
-         SELECT a, e, 'CreatePayment', k, h, r, t FROM UNNEST($1::text[], $2::text[], \
-         $3::text[], $4::text[], $5::text[], $6::bigint[]) AS c(a, e, k, h, r, t) \
-         ON CONFLICT (agency_id, environment, operation, idempotency_key) DO NOTHING \
-         RETURNING resource_id), \
-         np AS (INSERT INTO payments (payment_id, agency_id, environment, amount_minor, \
-         currency, reference, description, return_url, metadata, language, delayed_capture, \
-         state, failure_message, refund_submitted_minor, page_secret, expire_time, create_time, \
-         update_time) \
-         SELECT i, a, e, am, cu, re, de, ru, me, la, dc, st, '', 0, ps, ex, ct, ct \
-         FROM UNNEST($7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], \
-         $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], \
-         $18::text[], $19::text[], $20::bigint[], $21::bigint[], $22::bool[]) \
-         AS c(i, a, e, am, cu, re, de, ru, me, la, dc, st, ps, ex, ct, kd) \
-         WHERE NOT c.kd OR c.i IN (SELECT resource_id FROM k) RETURNING ",
-        payment_columns!(),
-        "), up AS (UPDATE payments SET state = c.t, failure_reason = c.r, failure_message = c.m, \
-         fee_minor = COALESCE(c.fee, fee_minor), card_brand = COALESCE(c.cb, card_brand), \
-         card_first_six = COALESCE(c.c6, card_first_six), \
-         card_last_four = COALESCE(c.c4, card_last_four), \
-         card_expiry_month = COALESCE(c.cm, card_expiry_month), \
-         card_expiry_year = COALESCE(c.cy, card_expiry_year), \
-         cardholder_name = COALESCE(c.cn, cardholder_name), update_time = c.n \
-         FROM UNNEST($23::text[], $24::text[], $25::text[], $26::text[], $27::text[], \
-         $28::text[], $29::text[], $30::bigint[], $31::text[], $32::text[], $33::text[], \
-         $34::bigint[], $35::bigint[], $36::text[], $37::bigint[]) \
-         AS c(i, a, e, f, t, r, m, fee, cb, c6, c4, cm, cy, cn, n) \
-         WHERE payment_id = c.i AND agency_id = c.a AND environment = c.e AND state = c.f \
-         AND (c.t <> 'success' OR void_requested_time IS NULL) RETURNING ",
-        payment_columns!(),
-        "), done AS (SELECT * FROM np UNION ALL SELECT * FROM up), \
-         ev AS (INSERT INTO payment_events (event_id, agency_id, environment, payment_id, \
-         event_type, occur_time, state, failure_reason, failure_message, \
-         refund_submitted_minor, fee_minor, has_card) \
-         SELECT x.ev, d.agency_id, d.environment, d.payment_id, x.ty, d.update_time, d.state, \
-         d.failure_reason, d.failure_message, d.refund_submitted_minor, d.fee_minor, \
-         CASE WHEN d.card_brand IS NULL THEN 0 ELSE 1 END \
-         FROM UNNEST($38::text[], $39::text[], $40::text[]) WITH ORDINALITY AS x(pid, ev, ty, o) \
-         JOIN done d ON d.payment_id = x.pid ORDER BY x.o \
-         RETURNING event_id, agency_id, environment, event_type, occur_time), \
-         wh AS (INSERT INTO webhook_deliveries (event_id, webhook_endpoint_id, agency_id, \
-         environment, state, attempts, next_attempt_time, last_response, create_time, \
-         update_time) SELECT ev.event_id, w.webhook_endpoint_id, w.agency_id, w.environment, \
-         'pending', 0, ev.occur_time, '', ev.occur_time, ev.occur_time FROM ev \
-         JOIN webhook_endpoints w ON w.agency_id = ev.agency_id \
-         AND w.environment = ev.environment \
-         AND (w.event_types = '' OR w.event_types LIKE '%,' || ev.event_type || ',%')), \
-         le AS (INSERT INTO ledger_entries (entry_id, transaction_id, agency_id, environment, \
-         transaction_type, account, currency, amount_minor, payment_id, posting_time) \
-         SELECT l.id, l.tx, u.agency_id, u.environment, l.ty, l.acc, l.cur, l.am, \
-         u.payment_id, l.t FROM UNNEST($41::text[], $42::text[], $43::text[], $44::text[], \
-         $45::text[], $46::text[], $47::bigint[], $48::bigint[]) \
-         AS l(pid, id, tx, ty, acc, cur, am, t) JOIN up u ON u.payment_id = l.pid) \
-         SELECT * FROM done"
-    ))
-    .bind(
-        keyed
-            .iter()
-            .map(|k| k.0.tenant.agency_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        keyed
-            .iter()
-            .map(|k| k.0.tenant.environment.as_str().to_owned())
-            .collect::<Vec<_>>(),
-    )
-    .bind(keyed.iter().map(|k| k.1.to_owned()).collect::<Vec<_>>())
-    .bind(keyed.iter().map(|k| k.2.to_owned()).collect::<Vec<_>>())
-    .bind(
-        keyed
-            .iter()
-            .map(|k| k.0.payment_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(keyed.iter().map(|k| k.0.create_time).collect::<Vec<_>>())
-    .bind(ct(&|p| p.payment_id.clone()))
-    .bind(ct(&|p| p.tenant.agency_id.clone()))
-    .bind(ct(&|p| p.tenant.environment.as_str().to_owned()))
-    .bind(ci(&|p| p.new.amount.minor))
-    .bind(ct(&|p| p.new.amount.currency.code().to_owned()))
-    .bind(ct(&|p| p.new.reference.clone()))
-    .bind(ct(&|p| p.new.description.clone()))
-    .bind(ct(&|p| p.new.return_url.clone()))
-    .bind(metadata)
-    .bind(ct(&|p| p.new.language.as_str().to_owned()))
-    .bind(ci(&|p| i64::from(p.new.delayed_capture)))
-    .bind(ct(&|p| p.state.as_str().to_owned()))
-    .bind(ct(&|p| p.page_secret.clone()))
-    .bind(ci(&|p| p.expire_time))
-    .bind(ci(&|p| p.create_time))
-    .bind(
-        creates
-            .iter()
-            .map(|(_, keyed)| *keyed)
-            .collect::<Vec<bool>>(),
-    )
-    .bind(xt(&|c| c.1.to_owned()))
-    .bind(xt(&|c| c.0.agency_id.clone()))
-    .bind(xt(&|c| c.0.environment.as_str().to_owned()))
-    .bind(xt(&|c| c.2.from.as_str().to_owned()))
-    .bind(xt(&|c| c.2.to.as_str().to_owned()))
-    .bind(xot(&|c| c.2.reason.map(|r| r.as_str().to_owned())))
-    .bind(xt(&|c| c.2.message.clone()))
-    .bind(xoi(&|c| c.2.fee_minor))
-    .bind(xot(&|c| {
-        c.2.card.as_ref().map(|k| k.brand.as_str().to_owned())
-    }))
-    .bind(xot(&|c| c.2.card.as_ref().map(|k| k.first_six.clone())))
-    .bind(xot(&|c| c.2.card.as_ref().map(|k| k.last_four.clone())))
-    .bind(xoi(&|c| {
-        c.2.card.as_ref().map(|k| i64::from(k.expiry.month))
-    }))
-    .bind(xoi(&|c| {
-        c.2.card.as_ref().map(|k| i64::from(k.expiry.year))
-    }))
-    .bind(xot(&|c| {
-        c.2.card.as_ref().map(|k| k.cardholder_name.clone())
-    }))
-    .bind(changes.iter().map(|c| c.2.now).collect::<Vec<i64>>())
-    .bind(events.iter().map(|e| e.0.to_owned()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.1.clone()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.2.to_owned()).collect::<Vec<_>>())
-    .bind(postings.iter().map(|r| r.0.to_owned()).collect::<Vec<_>>())
-    .bind(postings.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
-    .bind(postings.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
-    .bind(postings.iter().map(|r| r.3.to_owned()).collect::<Vec<_>>())
-    .bind(postings.iter().map(|r| r.4.to_owned()).collect::<Vec<_>>())
-    .bind(postings.iter().map(|r| r.5.to_owned()).collect::<Vec<_>>())
-    .bind(postings.iter().map(|r| r.6).collect::<Vec<_>>())
-    .bind(postings.iter().map(|r| r.7).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await?;
+    let query = if changes.is_empty() {
+        // Creates only: no payment to update, and a statement that may be
+        // planned once per connection.
+        sqlx::query_as(concat!(
+            group_new_payments!(),
+            ", done AS (SELECT * FROM np), ",
+            group_events!(),
+            " SELECT * FROM done"
+        ))
+    } else {
+        sqlx::query_as(concat!(
+            group_new_payments!(),
+            ", ",
+            group_changes!(),
+            ", done AS (SELECT * FROM np UNION ALL SELECT * FROM up), ",
+            group_events!(),
+            ", ",
+            group_postings!(),
+            " SELECT * FROM done"
+        ))
+        // Planned for each group, not once per connection: a plan cached
+        // while the tables were small or had no statistics yet (PostgreSQL
+        // keeps it until they are analysed) would scan every payment to
+        // update a few.
+        .persistent(false)
+    };
+    let mut query = query
+        .bind(
+            keyed
+                .iter()
+                .map(|k| k.0.tenant.agency_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keyed
+                .iter()
+                .map(|k| k.0.tenant.environment.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .bind(keyed.iter().map(|k| k.1.to_owned()).collect::<Vec<_>>())
+        .bind(keyed.iter().map(|k| k.2.to_owned()).collect::<Vec<_>>())
+        .bind(
+            keyed
+                .iter()
+                .map(|k| k.0.payment_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(keyed.iter().map(|k| k.0.create_time).collect::<Vec<_>>())
+        .bind(ct(&|p| p.payment_id.clone()))
+        .bind(ct(&|p| p.tenant.agency_id.clone()))
+        .bind(ct(&|p| p.tenant.environment.as_str().to_owned()))
+        .bind(ci(&|p| p.new.amount.minor))
+        .bind(ct(&|p| p.new.amount.currency.code().to_owned()))
+        .bind(ct(&|p| p.new.reference.clone()))
+        .bind(ct(&|p| p.new.description.clone()))
+        .bind(ct(&|p| p.new.return_url.clone()))
+        .bind(metadata)
+        .bind(ct(&|p| p.new.language.as_str().to_owned()))
+        .bind(ci(&|p| i64::from(p.new.delayed_capture)))
+        .bind(ct(&|p| p.state.as_str().to_owned()))
+        .bind(ct(&|p| p.page_secret.clone()))
+        .bind(ci(&|p| p.expire_time))
+        .bind(ci(&|p| p.create_time))
+        .bind(
+            creates
+                .iter()
+                .map(|(_, keyed)| *keyed)
+                .collect::<Vec<bool>>(),
+        )
+        .bind(events.iter().map(|e| e.0.to_owned()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.1.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.2.to_owned()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.3).collect::<Vec<bool>>());
+    if !changes.is_empty() {
+        query = query
+            .bind(xt(&|c| c.1.to_owned()))
+            .bind(xt(&|c| c.0.agency_id.clone()))
+            .bind(xt(&|c| c.0.environment.as_str().to_owned()))
+            .bind(xt(&|c| c.2.from.as_str().to_owned()))
+            .bind(xt(&|c| c.2.to.as_str().to_owned()))
+            .bind(xot(&|c| c.2.reason.map(|r| r.as_str().to_owned())))
+            .bind(xt(&|c| c.2.message.clone()))
+            .bind(xoi(&|c| c.2.fee_minor))
+            .bind(xot(&|c| {
+                c.2.card.as_ref().map(|k| k.brand.as_str().to_owned())
+            }))
+            .bind(xot(&|c| c.2.card.as_ref().map(|k| k.first_six.clone())))
+            .bind(xot(&|c| c.2.card.as_ref().map(|k| k.last_four.clone())))
+            .bind(xoi(&|c| {
+                c.2.card.as_ref().map(|k| i64::from(k.expiry.month))
+            }))
+            .bind(xoi(&|c| {
+                c.2.card.as_ref().map(|k| i64::from(k.expiry.year))
+            }))
+            .bind(xot(&|c| {
+                c.2.card.as_ref().map(|k| k.cardholder_name.clone())
+            }))
+            .bind(changes.iter().map(|c| c.2.now).collect::<Vec<i64>>())
+            .bind(postings.iter().map(|r| r.0.to_owned()).collect::<Vec<_>>())
+            .bind(postings.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+            .bind(postings.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+            .bind(postings.iter().map(|r| r.3.to_owned()).collect::<Vec<_>>())
+            .bind(postings.iter().map(|r| r.4.to_owned()).collect::<Vec<_>>())
+            .bind(postings.iter().map(|r| r.5.to_owned()).collect::<Vec<_>>())
+            .bind(postings.iter().map(|r| r.6).collect::<Vec<_>>())
+            .bind(postings.iter().map(|r| r.7).collect::<Vec<_>>());
+    }
+    let rows: Vec<PaymentRow> = query.fetch_all(&mut *conn).await?;
     let mut done: HashMap<String, Payment> = rows
         .into_iter()
         .map(|row| {
@@ -706,6 +812,8 @@ async fn pg_change_states(
          AND (c.t <> 'success' OR void_requested_time IS NULL) RETURNING ",
         payment_columns!()
     ))
+    // Planned for each round, as the one-statement group is.
+    .persistent(false)
     .bind(text(&|c| c.1.to_owned()))
     .bind(text(&|c| c.0.agency_id.clone()))
     .bind(text(&|c| c.0.environment.as_str().to_owned()))
@@ -751,25 +859,34 @@ async fn pg_insert_events(
     writes: &[Write],
     written: &[Option<Payment>],
 ) -> Result<(), PaymentsError> {
-    let events: Vec<(String, EventType, &Payment)> = writes
-        .iter()
-        .zip(written)
-        .filter_map(|(w, p)| {
-            let p = p.as_ref()?;
-            let event = match w {
-                Write::Create { .. } => EventType::PaymentCreated,
-                Write::Change { change, .. } => change.event,
-            };
-            Some((new_id(EVENT_ID_PREFIX), event, p))
-        })
-        .collect();
+    let mut events: Vec<(String, EventType, Payment)> = Vec::with_capacity(writes.len());
+    for (write, payment) in writes.iter().zip(written) {
+        let Some(payment) = payment else { continue };
+        match write {
+            Write::Create { .. } => events.push((
+                new_id(EVENT_ID_PREFIX),
+                EventType::PaymentCreated,
+                payment.clone(),
+            )),
+            Write::Change { change, .. } => {
+                if let Some(opened) = change.opened {
+                    events.push((
+                        new_id(EVENT_ID_PREFIX),
+                        opened,
+                        StateChange::started_view(payment),
+                    ));
+                }
+                events.push((new_id(EVENT_ID_PREFIX), change.event, payment.clone()));
+            }
+        }
+    }
     if events.is_empty() {
         return Ok(());
     }
-    let text = |f: &dyn Fn(&(String, EventType, &Payment)) -> String| -> Vec<String> {
+    let text = |f: &dyn Fn(&(String, EventType, Payment)) -> String| -> Vec<String> {
         events.iter().map(f).collect()
     };
-    let int = |f: &dyn Fn(&(String, EventType, &Payment)) -> i64| -> Vec<i64> {
+    let int = |f: &dyn Fn(&(String, EventType, Payment)) -> i64| -> Vec<i64> {
         events.iter().map(f).collect()
     };
     sqlx::query(

@@ -207,6 +207,7 @@ pub async fn recovery_job_finishes_payments_interrupted_after_the_card_step(
                 fee_minor: None,
                 postings: Vec::new(),
                 now,
+                opened: None,
             };
             store::change_state(
                 app.payments.database(),

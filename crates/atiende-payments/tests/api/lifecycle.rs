@@ -381,6 +381,9 @@ pub async fn events_record_every_change_in_order(engine: Engine) -> anyhow::Resu
         ]
     );
     assert!(events[0].payment.as_ref().unwrap().card_details.is_none());
+    // The card step opened the page and took the card in one write: the
+    // STARTED event still shows no card.
+    assert!(events[1].payment.as_ref().unwrap().card_details.is_none());
     assert!(events[2].payment.as_ref().unwrap().card_details.is_some());
     assert!(
         events

@@ -340,7 +340,8 @@ pub async fn concurrent_webhook_endpoint_creates_never_pass_the_limit(
 
 /// Group commit at the store: two changes of one payment in a group are
 /// applied in order (PostgreSQL's path for groups that change a payment
-/// twice), and two creates with one key in a group create one payment.
+/// twice), a change that opens a payment records both events or neither,
+/// and two creates with one key in a group create one payment.
 pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
     engine: Engine,
 ) -> anyhow::Result<()> {
@@ -369,6 +370,7 @@ pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
             fee_minor: None,
             postings: Vec::new(),
             now: now_micros(),
+            opened: None,
         },
     };
     let written = store::write_group(
@@ -413,6 +415,60 @@ pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
             pb::PaymentEventType::PaymentStarted,
             pb::PaymentEventType::PaymentCancelled
         ]
+    );
+
+    // A change that opens the payment on its way (the card step from
+    // CREATED) records STARTED then its own event, or neither: here on a
+    // payment no longer CREATED (skipped) and on a new one (written), in
+    // one group.
+    let fresh = app.create(&token, payment_request(2_000, "CLP")).await;
+    let open_and_submit = |payment_id: &str| Write::Change {
+        tenant: tenant.clone(),
+        payment_id: payment_id.to_owned(),
+        change: StateChange {
+            from: PaymentState::Created,
+            to: PaymentState::Submitted,
+            event: EventType::PaymentSubmitted,
+            reason: None,
+            message: String::new(),
+            card: None,
+            fee_minor: None,
+            postings: Vec::new(),
+            now: now_micros(),
+            opened: Some(EventType::PaymentStarted),
+        },
+    };
+    let written = store::write_group(
+        db,
+        &[
+            open_and_submit(&payment.payment_id),
+            open_and_submit(&fresh.payment_id),
+        ],
+    )
+    .await?;
+    assert!(matches!(
+        written.as_slice(),
+        [Written::Skipped, Written::Done(_)]
+    ));
+    let events = crate::lifecycle::list_events(&app, &token, &fresh.payment_id).await;
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| (e.r#type(), e.payment.as_ref().unwrap().state()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (pb::PaymentEventType::PaymentCreated, S::Created),
+            (pb::PaymentEventType::PaymentStarted, S::Started),
+            (pb::PaymentEventType::PaymentSubmitted, S::Submitted)
+        ]
+    );
+    assert_eq!(
+        crate::lifecycle::list_events(&app, &token, &payment.payment_id)
+            .await
+            .len(),
+        3,
+        "nothing recorded for the payment that was no longer CREATED"
     );
 
     // Two creates with one key: one is written, the other skipped.
