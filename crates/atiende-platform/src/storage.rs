@@ -99,6 +99,9 @@ impl Database {
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
+                // See the PostgreSQL pool; here the ping would be a hop to
+                // the connection's thread and back, for a file.
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await
                 .map_err(StorageError::Connect)?;
@@ -108,6 +111,12 @@ impl Database {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(10))
+                // No ping before each use: it is a round trip and a wake of
+                // a server process for every query. A connection the server
+                // dropped (a restart) fails its next query, which answers
+                // UNAVAILABLE without having written anything, and is
+                // closed; the next request gets a fresh one.
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await
                 .map_err(StorageError::Connect)?;
