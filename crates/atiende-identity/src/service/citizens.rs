@@ -80,7 +80,8 @@ pub struct PasswordAttempt<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignInOutcome {
     Accepted {
-        citizen_id: String,
+        /// The account, as read for the check (active).
+        citizen: Box<Citizen>,
         /// Authentication methods (RFC 8176): `pwd`, and `otp` with a second
         /// factor.
         methods: Vec<&'static str>,
@@ -642,11 +643,7 @@ impl IdentityService {
         }
         // Signed in: the account's failures are forgotten; the source's
         // reservation is taken back (its other failures stand).
-        store::clear_throttle(&self.db, &account_key).await?;
-        if !source_key.is_empty() {
-            store::release_attempt(&self.db, &source_key).await?;
-        }
-        let citizen_id = found.citizen.citizen_id;
+        let citizen_id = found.citizen.citizen_id.clone();
         let event = audit(
             AuditEventType::SignInSuccess,
             env,
@@ -655,10 +652,16 @@ impl IdentityService {
             &[("methods", &methods.join(" "))],
             now,
         );
-        store::append_audit_event(&self.db, event).await?;
+        store::record_sign_in(
+            &self.db,
+            &account_key,
+            (!source_key.is_empty()).then_some(source_key.as_str()),
+            event,
+        )
+        .await?;
         tracing::info!(citizen_id = %citizen_id, "citizen signed in");
         Ok(SignInOutcome::Accepted {
-            citizen_id,
+            citizen: Box::new(found.citizen),
             methods,
         })
     }

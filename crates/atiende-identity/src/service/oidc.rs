@@ -17,7 +17,9 @@ use secrecy::SecretString;
 use super::citizens::{NewCitizen, PasswordAttempt, SignInOutcome, audit, email_code_hash};
 use super::{ClientAuth, IdentityService};
 use crate::domain::audit::AuditEventType;
-use crate::domain::citizen::{AssuranceLevel, CitizenState, EmailAddress, PersonName, PhoneNumber};
+use crate::domain::citizen::{
+    AssuranceLevel, Citizen, CitizenState, EmailAddress, PersonName, PhoneNumber,
+};
 use crate::domain::national_id::{NationalId, NationalIdScheme};
 use crate::domain::oidc::{
     is_s256_challenge, pairwise_subject, parse_redirect_uri, pkce_s256_matches, random_token,
@@ -436,27 +438,6 @@ impl IdentityService {
         Ok(session.filter(|s| s.environment == environment.as_str()))
     }
 
-    async fn new_session(
-        &self,
-        citizen_id: &str,
-        environment: Environment,
-        methods: &str,
-        now: i64,
-    ) -> Result<(String, String), IdentityError> {
-        let token = random_token()?;
-        let row = SessionRow {
-            session_hash: token_hash(&token),
-            citizen_id: citizen_id.to_owned(),
-            environment: environment.as_str().to_owned(),
-            methods: methods.to_owned(),
-            auth_time: now,
-            idle_expire_time: now.saturating_add(SESSION_IDLE_MICROS),
-            expire_time: now.saturating_add(SESSION_MAX_MICROS),
-        };
-        store::oidc::insert_session(&self.db, &row).await?;
-        Ok((token, row.session_hash))
-    }
-
     /// Checks an authorization request and keeps it while the citizen
     /// signs in. With a live session (and no `prompt=login`, a `max_age`
     /// it meets, and the level asked for), no sign-in is asked; with
@@ -578,6 +559,21 @@ impl IdentityService {
         interactive: bool,
         now: i64,
     ) -> Result<Step, AuthorizeError> {
+        self.proceed_with(request, client, csrf_token, interactive, now, None)
+            .await
+    }
+
+    /// [`Self::proceed`] with the request's citizen as just read (by the
+    /// sign-in that checked it), or `None` to read it.
+    async fn proceed_with(
+        &self,
+        request: &AuthorizationRequestRow,
+        client: &Client,
+        csrf_token: &str,
+        interactive: bool,
+        now: i64,
+        signed_in: Option<Citizen>,
+    ) -> Result<Step, AuthorizeError> {
         let locale = Locale::parse(&request.locale);
         let unavailable = || AuthorizeError::Page(PageError::Unavailable, locale);
         let show = |screen, notice| {
@@ -604,11 +600,14 @@ impl IdentityService {
                 None,
             ));
         };
-        let citizen = store::citizens::get_citizen(&self.db, client.environment, citizen_id)
-            .await
-            .map_err(|_| unavailable())?
-            .map(|found| found.citizen)
-            .filter(|c| c.state == CitizenState::Active);
+        let citizen = match signed_in.filter(|c| &c.citizen_id == citizen_id) {
+            Some(citizen) => Some(citizen),
+            None => store::citizens::get_citizen(&self.db, client.environment, citizen_id)
+                .await
+                .map_err(|_| unavailable())?
+                .map(|found| found.citizen),
+        }
+        .filter(|c| c.state == CitizenState::Active);
         let Some(citizen) = citizen else {
             if !interactive {
                 return Err(interaction("login_required", "the citizen must sign in"));
@@ -811,11 +810,8 @@ impl IdentityService {
                 tracing::error!(%error, "sign-in check failed");
                 unavailable()
             })?;
-        let (citizen_id, methods) = match outcome {
-            SignInOutcome::Accepted {
-                citizen_id,
-                methods,
-            } => (citizen_id, methods.join(" ")),
+        let (citizen, methods) = match outcome {
+            SignInOutcome::Accepted { citizen, methods } => (citizen, methods.join(" ")),
             SignInOutcome::SecondFactorRequired => {
                 return Ok(retry(Notice::SecondFactorNeeded, true));
             }
@@ -827,47 +823,53 @@ impl IdentityService {
             }
             SignInOutcome::LockedOut { .. } => return Ok(retry(Notice::LockedOut, false)),
         };
-        self.signed_in(request, &client, &context, &citizen_id, &methods, now)
-            .await
+        let citizen_id = citizen.citizen_id.clone();
+        self.signed_in(
+            request,
+            &client,
+            &context,
+            (&citizen_id, Some(*citizen)),
+            &methods,
+            now,
+        )
+        .await
     }
 
     /// A citizen has just authenticated for the request: a new session
-    /// (replacing the browser's old one) and the next step.
+    /// (replacing the browser's old one), recorded on the request in the
+    /// same transaction, and the next step.
     async fn signed_in(
         &self,
         mut request: AuthorizationRequestRow,
         client: &Client,
         context: &FormContext<'_>,
-        citizen_id: &str,
+        (citizen_id, citizen): (&str, Option<Citizen>),
         methods: &str,
         now: i64,
     ) -> Result<Answer, AuthorizeError> {
         let unavailable = || AuthorizeError::Page(PageError::Unavailable, context.locale);
-        if !context.session_cookie.is_empty() {
-            store::oidc::delete_session(&self.db, &token_hash(context.session_cookie))
-                .await
-                .map_err(|_| unavailable())?;
-        }
-        let (session_token, session_hash) = self
-            .new_session(citizen_id, client.environment, methods, now)
+        let replaced =
+            (!context.session_cookie.is_empty()).then(|| token_hash(context.session_cookie));
+        let session_token = random_token().map_err(|_| unavailable())?;
+        let session = SessionRow {
+            session_hash: token_hash(&session_token),
+            citizen_id: citizen_id.to_owned(),
+            environment: client.environment.as_str().to_owned(),
+            methods: methods.to_owned(),
+            auth_time: now,
+            idle_expire_time: now.saturating_add(SESSION_IDLE_MICROS),
+            expire_time: now.saturating_add(SESSION_MAX_MICROS),
+        };
+        store::oidc::start_session(&self.db, replaced.as_deref(), &session, &request.request_id)
             .await
             .map_err(|_| unavailable())?;
-        store::oidc::mark_signed_in(
-            &self.db,
-            &request.request_id,
-            citizen_id,
-            methods,
-            now,
-            &session_hash,
-        )
-        .await
-        .map_err(|_| unavailable())?;
+        let session_hash = session.session_hash;
         request.citizen_id = Some(citizen_id.to_owned());
         request.methods = Some(methods.to_owned());
         request.auth_time = Some(now);
         request.session_hash = Some(session_hash);
         let step = self
-            .proceed(&request, client, context.csrf_form, true, now)
+            .proceed_with(&request, client, context.csrf_form, true, now, citizen)
             .await?;
         Ok(Answer {
             step,
@@ -1033,7 +1035,7 @@ impl IdentityService {
         store::citizens::append_audit_event(&self.db, event)
             .await
             .map_err(|_| unavailable())?;
-        self.signed_in(request, &client, &context, &citizen_id, "pwd", now)
+        self.signed_in(request, &client, &context, (&citizen_id, None), "pwd", now)
             .await
     }
 

@@ -529,13 +529,32 @@ pub async fn lock(db: &Database, key: &str, now: i64, lockout: i64) -> Result<bo
     Ok(done > 0)
 }
 
-/// Forgets the failures of `key` (after a successful sign-in).
-pub async fn clear_throttle(db: &Database, key: &str) -> Result<(), IdentityError> {
+/// A successful sign-in, in one transaction: the account's failures are
+/// forgotten, the source's reserved attempt (if any) is taken back (its
+/// other failures stand), and the audit entry is appended.
+pub async fn record_sign_in(
+    db: &Database,
+    account_key: &str,
+    source_key: Option<&str>,
+    audit: NewAuditEvent,
+) -> Result<(), IdentityError> {
     on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
         sqlx::query("DELETE FROM sign_in_throttles WHERE throttle_key = $1")
-            .bind(key)
-            .execute(pool)
+            .bind(account_key)
+            .execute(&mut *tx)
             .await?;
+        if let Some(source_key) = source_key {
+            sqlx::query(
+                "UPDATE sign_in_throttles SET failures = failures - 1 \
+                 WHERE throttle_key = $1 AND failures > 0",
+            )
+            .bind(source_key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        append_audit!(tx, audit);
+        tx.commit().await?;
     });
     Ok(())
 }

@@ -647,8 +647,24 @@ pub struct SessionRow {
     pub expire_time: i64,
 }
 
-pub async fn insert_session(db: &Database, row: &SessionRow) -> Result<(), IdentityError> {
+/// A citizen has just signed in for the request: in one transaction, the
+/// browser's previous session (`replaced`, if any) is ended, the new one
+/// stored, and the request records who signed in, how, and in which
+/// session.
+pub async fn start_session(
+    db: &Database,
+    replaced: Option<&str>,
+    row: &SessionRow,
+    request_id: &str,
+) -> Result<(), IdentityError> {
     on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        if let Some(replaced) = replaced {
+            sqlx::query("DELETE FROM citizen_sessions WHERE session_hash = $1")
+                .bind(replaced)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "INSERT INTO citizen_sessions (session_hash, citizen_id, environment, methods, \
              auth_time, idle_expire_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -660,8 +676,20 @@ pub async fn insert_session(db: &Database, row: &SessionRow) -> Result<(), Ident
         .bind(row.auth_time)
         .bind(row.idle_expire_time)
         .bind(row.expire_time)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "UPDATE authorization_requests SET citizen_id = $1, methods = $2, auth_time = $3, \
+             session_hash = $4 WHERE request_id = $5",
+        )
+        .bind(&row.citizen_id)
+        .bind(&row.methods)
+        .bind(row.auth_time)
+        .bind(&row.session_hash)
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
     });
     Ok(())
 }

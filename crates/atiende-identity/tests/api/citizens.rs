@@ -462,12 +462,10 @@ pub async fn unknown_accounts_and_wrong_passwords_get_the_same_answer(
     let ok = service
         .check_password(attempt(&known, PASSWORD, "198.51.100.3"))
         .await?;
-    assert_eq!(
-        ok,
-        SignInOutcome::Accepted {
-            citizen_id: citizen.citizen_id.clone(),
-            methods: vec!["pwd"],
-        }
+    assert!(
+        matches!(&ok, SignInOutcome::Accepted { citizen: signed_in, methods }
+            if signed_in.citizen_id == citizen.citizen_id && methods == &["pwd"]),
+        "{ok:?}"
     );
     // A sandbox attempt does not reach the live citizen.
     let sandbox = service
@@ -699,12 +697,10 @@ pub async fn totp_second_factor_and_single_use_recovery_codes(
             t1,
         )
         .await?;
-    assert_eq!(
-        ok,
-        SignInOutcome::Accepted {
-            citizen_id: id.clone(),
-            methods: vec!["pwd", "otp"],
-        }
+    assert!(
+        matches!(&ok, SignInOutcome::Accepted { citizen, methods }
+            if citizen.citizen_id == id && methods == &["pwd", "otp"]),
+        "{ok:?}"
     );
     // The same code again is a replay; so is the enrolment's code.
     for (code, at) in [(code.clone(), t1 + 1), (code_at(&secret, t0), t0 + 1)] {
