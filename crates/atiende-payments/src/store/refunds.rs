@@ -158,6 +158,27 @@ pub struct RefundFilter {
     pub created_before: Option<i64>,
 }
 
+/// ListRefunds' query; `$scope` narrows it to one payment or not (two
+/// texts, so that the plan for one payment walks that payment's refunds,
+/// not every refund of the agency).
+macro_rules! list_refunds_query {
+    ($scope:literal) => {
+        concat!(
+            "SELECT ",
+            refund_columns!(),
+            " FROM refunds \
+             WHERE agency_id = $1 AND environment = $2 AND ",
+            $scope,
+            " \
+             AND ($4 = '' OR $4 LIKE '%,' || state || ',%') \
+             AND ($5 IS NULL OR create_time >= $5) \
+             AND ($6 IS NULL OR create_time < $6) \
+             AND ($7 IS NULL OR refund_id < $7) \
+             ORDER BY refund_id DESC LIMIT $8"
+        )
+    };
+}
+
 pub async fn list_refunds(
     db: &Database,
     tenant: &Tenant,
@@ -166,27 +187,23 @@ pub async fn list_refunds(
     limit: i64,
 ) -> Result<Vec<Refund>, PaymentsError> {
     let states = name_set(filter.states.iter().map(|s| s.as_str()));
+    let query = if filter.payment_id.is_some() {
+        list_refunds_query!("payment_id = $3")
+    } else {
+        list_refunds_query!("$3 IS NULL")
+    };
     let rows: Vec<RefundRow> = on_db!(db, pool => {
-        sqlx::query_as(concat!(
-            "SELECT ", refund_columns!(), " FROM refunds \
-             WHERE agency_id = $1 AND environment = $2 \
-             AND ($3 IS NULL OR payment_id = $3) \
-             AND ($4 = '' OR $4 LIKE '%,' || state || ',%') \
-             AND ($5 IS NULL OR create_time >= $5) \
-             AND ($6 IS NULL OR create_time < $6) \
-             AND ($7 IS NULL OR refund_id < $7) \
-             ORDER BY refund_id DESC LIMIT $8"
-        ))
-        .bind(&tenant.agency_id)
-        .bind(tenant.environment.as_str())
-        .bind(filter.payment_id.as_deref())
-        .bind(&states)
-        .bind(filter.created_from)
-        .bind(filter.created_before)
-        .bind(before_refund_id)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?
+        sqlx::query_as(query)
+            .bind(&tenant.agency_id)
+            .bind(tenant.environment.as_str())
+            .bind(filter.payment_id.as_deref())
+            .bind(&states)
+            .bind(filter.created_from)
+            .bind(filter.created_before)
+            .bind(before_refund_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
     });
     rows.into_iter().map(Refund::try_from).collect()
 }

@@ -88,6 +88,34 @@ pub async fn refunds_are_compare_and_set_against_the_available_amount(
     assert_eq!(listed.refunds.len(), 1);
     assert_eq!(minor(&listed.refunds[0].amount), 7_000, "newest first");
     assert!(!listed.next_page_token.is_empty());
+    // By payment: that payment's refunds only, though the agency has more.
+    let other = app.paid(&token, 2_000, "CLP").await;
+    app.refund(&token, &other.payment_id, 500, 2_000, "CLP")
+        .await
+        .unwrap();
+    let by_payment = |payment_id: &str| {
+        let request = authed(
+            pb::ListRefundsRequest {
+                payment_id: payment_id.to_owned(),
+                page_size: 50,
+                ..Default::default()
+            },
+            &token,
+        );
+        let mut refunds = app.refunds();
+        async move { refunds.list_refunds(request).await }
+    };
+    let amounts: Vec<i64> = by_payment(id)
+        .await?
+        .into_inner()
+        .refunds
+        .iter()
+        .map(|r| minor(&r.amount))
+        .collect();
+    assert_eq!(amounts, [7_000, 3_000]);
+    let others = by_payment(&other.payment_id).await?.into_inner().refunds;
+    assert_eq!(others.len(), 1);
+    assert_eq!(others[0].payment_id, other.payment_id);
     let only_success = app
         .refunds()
         .list_refunds(authed(
