@@ -411,9 +411,14 @@ fn has_otp(methods: &str) -> bool {
 
 impl IdentityService {
     async fn active_client(&self, client_id: &str) -> Result<Option<Client>, IdentityError> {
-        Ok(store::get_client_credentials(&self.db, client_id)
-            .await?
-            .map(|(client, _)| client)
+        // Through the credential cache, as the token endpoints: a client
+        // disabled here is forgotten at once, elsewhere within its TTL.
+        let credentials = match self.credentials.get(client_id) {
+            Some(cached) => cached,
+            None => self.load_credentials(client_id).await?,
+        };
+        Ok(credentials
+            .map(|credentials| credentials.0.clone())
             .filter(|client| client.state == ClientState::Active))
     }
 
