@@ -36,7 +36,7 @@ use crate::domain::totp::{
     RECOVERY_CODES, RecoveryCode, TotpSecret, looks_like_recovery_code, recovery_code_hash,
 };
 use crate::domain::{IdentityError, hex};
-use crate::store::citizens::{self as store, AuditFilter, CitizenCredentials};
+use crate::store::citizens::{self as store, AuditFilter, CitizenCredentials, SignInRecord};
 
 /// A registration request, parsed.
 pub struct NewCitizen {
@@ -529,6 +529,22 @@ impl IdentityService {
         attempt: PasswordAttempt<'_>,
         now: i64,
     ) -> Result<SignInOutcome, IdentityError> {
+        let (outcome, record) = self.check_password_unrecorded(attempt, now).await?;
+        if let Some(record) = record {
+            store::record_sign_in(&self.db, record).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// [`Self::check_password_at`], except that a success is not yet
+    /// recorded: the caller writes the returned [`SignInRecord`] (with the
+    /// session the sign-in opens, in one transaction). `Some` only with
+    /// `Accepted`.
+    pub(crate) async fn check_password_unrecorded(
+        &self,
+        attempt: PasswordAttempt<'_>,
+        now: i64,
+    ) -> Result<(SignInOutcome, Option<SignInRecord>), IdentityError> {
         let env = attempt.environment;
         let account_key = throttle_key(
             "account",
@@ -582,7 +598,7 @@ impl IdentityService {
             self.audit_failure(env, citizen_id.as_deref(), "locked_out", now)
                 .await?;
             let until = store::locked_until(&self.db, &account_key, &source_key).await?;
-            return Ok(SignInOutcome::LockedOut { until });
+            return Ok((SignInOutcome::LockedOut { until }, None));
         }
 
         let password = SecretString::from(attempt.password.to_owned());
@@ -606,7 +622,8 @@ impl IdentityService {
                     &reserved,
                     now,
                 )
-                .await;
+                .await
+                .map(|outcome| (outcome, None));
         };
         if found.citizen.state != CitizenState::Active {
             return self
@@ -617,7 +634,8 @@ impl IdentityService {
                     &reserved,
                     now,
                 )
-                .await;
+                .await
+                .map(|outcome| (outcome, None));
         }
         let mut methods = vec!["pwd"];
         if found.citizen.has_second_factor {
@@ -626,7 +644,7 @@ impl IdentityService {
                 for (_, key, _) in &reserved {
                     store::release_attempt(&self.db, key).await?;
                 }
-                return Ok(SignInOutcome::SecondFactorRequired);
+                return Ok((SignInOutcome::SecondFactorRequired, None));
             };
             if !self.second_factor_ok(&found, code, now).await? {
                 return self
@@ -637,33 +655,33 @@ impl IdentityService {
                         &reserved,
                         now,
                     )
-                    .await;
+                    .await
+                    .map(|outcome| (outcome, None));
             }
             methods.push("otp");
         }
-        // Signed in: the account's failures are forgotten; the source's
-        // reservation is taken back (its other failures stand).
-        let citizen_id = found.citizen.citizen_id.clone();
-        let event = audit(
-            AuditEventType::SignInSuccess,
-            env,
-            Some(&citizen_id),
-            None,
-            &[("methods", &methods.join(" "))],
-            now,
-        );
-        store::record_sign_in(
-            &self.db,
-            &account_key,
-            (!source_key.is_empty()).then_some(source_key.as_str()),
-            event,
-        )
-        .await?;
-        tracing::info!(citizen_id = %citizen_id, "citizen signed in");
-        Ok(SignInOutcome::Accepted {
-            citizen: Box::new(found.citizen),
-            methods,
-        })
+        // Signed in: the account's failures are to be forgotten and the
+        // source's reservation taken back (its other failures stand).
+        let record = SignInRecord {
+            account_key,
+            source_key: (!source_key.is_empty()).then_some(source_key),
+            audit: audit(
+                AuditEventType::SignInSuccess,
+                env,
+                Some(&found.citizen.citizen_id),
+                None,
+                &[("methods", &methods.join(" "))],
+                now,
+            ),
+        };
+        tracing::info!(citizen_id = %found.citizen.citizen_id, "citizen signed in");
+        Ok((
+            SignInOutcome::Accepted {
+                citizen: Box::new(found.citizen),
+                methods,
+            },
+            Some(record),
+        ))
     }
 
     async fn second_factor_ok(

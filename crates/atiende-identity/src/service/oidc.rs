@@ -29,6 +29,7 @@ use crate::domain::password::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, Password};
 use crate::domain::totp::RecoveryCode;
 use crate::domain::{CLIENT_ID_PREFIX, Client, ClientState, IdentityError};
 use crate::store;
+use crate::store::citizens::SignInRecord;
 use crate::store::oidc::{
     AuthorizationCodeRow, AuthorizationRequestRow, CitizenAccessTokenRow, SessionRow,
 };
@@ -799,8 +800,8 @@ impl IdentityService {
         let Ok(national_id) = NationalId::parse(NationalIdScheme::ClRun, form.national_id) else {
             return Ok(retry(Notice::WrongCredentials, false));
         };
-        let outcome = self
-            .check_password_at(
+        let (outcome, sign_in) = self
+            .check_password_unrecorded(
                 PasswordAttempt {
                     environment: client.environment,
                     national_id: &national_id,
@@ -833,7 +834,7 @@ impl IdentityService {
             request,
             &client,
             &context,
-            (&citizen_id, Some(*citizen)),
+            (&citizen_id, Some(*citizen), sign_in),
             &methods,
             now,
         )
@@ -848,7 +849,7 @@ impl IdentityService {
         mut request: AuthorizationRequestRow,
         client: &Client,
         context: &FormContext<'_>,
-        (citizen_id, citizen): (&str, Option<Citizen>),
+        (citizen_id, citizen, sign_in): (&str, Option<Citizen>, Option<SignInRecord>),
         methods: &str,
         now: i64,
     ) -> Result<Answer, AuthorizeError> {
@@ -865,9 +866,15 @@ impl IdentityService {
             idle_expire_time: now.saturating_add(SESSION_IDLE_MICROS),
             expire_time: now.saturating_add(SESSION_MAX_MICROS),
         };
-        store::oidc::start_session(&self.db, replaced.as_deref(), &session, &request.request_id)
-            .await
-            .map_err(|_| unavailable())?;
+        store::oidc::start_session(
+            &self.db,
+            sign_in,
+            replaced.as_deref(),
+            &session,
+            &request.request_id,
+        )
+        .await
+        .map_err(|_| unavailable())?;
         let session_hash = session.session_hash;
         request.citizen_id = Some(citizen_id.to_owned());
         request.methods = Some(methods.to_owned());
@@ -1040,8 +1047,15 @@ impl IdentityService {
         store::citizens::append_audit_event(&self.db, event)
             .await
             .map_err(|_| unavailable())?;
-        self.signed_in(request, &client, &context, (&citizen_id, None), "pwd", now)
-            .await
+        self.signed_in(
+            request,
+            &client,
+            &context,
+            (&citizen_id, None, None),
+            "pwd",
+            now,
+        )
+        .await
     }
 
     /// The first TOTP code of an enrolment: right, the second factor is

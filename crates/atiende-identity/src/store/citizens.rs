@@ -37,7 +37,8 @@ macro_rules! append_audit {
                 .fetch_one(&mut *$tx)
                 .await?;
         let event = $new.chained(seq, previous_hash);
-        let attributes = serde_json::to_string(&event.attributes).map_err(corrupt)?;
+        let attributes =
+            serde_json::to_string(&event.attributes).map_err($crate::store::corrupt)?;
         sqlx::query(
             "INSERT INTO audit_events (seq, audit_event_id, event_type, environment, citizen_id, \
              agency_id, occur_time, attributes, previous_hash, hash) \
@@ -62,6 +63,39 @@ macro_rules! append_audit {
         event
     }};
 }
+
+pub(crate) use append_audit;
+
+/// What a successful password check leaves to write: the account's
+/// failures forgotten, the source's reserved attempt (if any) taken back
+/// (its other failures stand), and the audit entry.
+pub struct SignInRecord {
+    pub account_key: String,
+    pub source_key: Option<String>,
+    pub audit: NewAuditEvent,
+}
+
+/// Writes `$record` (a [`SignInRecord`]) inside the transaction `$tx`.
+macro_rules! write_sign_in {
+    ($tx:expr, $record:expr) => {{
+        let record: $crate::store::citizens::SignInRecord = $record;
+        sqlx::query("DELETE FROM sign_in_throttles WHERE throttle_key = $1")
+            .bind(&record.account_key)
+            .execute(&mut *$tx)
+            .await?;
+        if let Some(source_key) = &record.source_key {
+            sqlx::query(
+                "UPDATE sign_in_throttles SET failures = failures - 1 \
+                 WHERE throttle_key = $1 AND failures > 0",
+            )
+            .bind(source_key)
+            .execute(&mut *$tx)
+            .await?;
+        }
+        append_audit!($tx, record.audit);
+    }};
+}
+pub(crate) use write_sign_in;
 
 const CITIZEN_COLUMNS: &str = "citizen_id, environment, national_id_scheme, national_id, \
      given_names, family_names, email, email_verified, phone_number, password_hash, state, \
@@ -529,31 +563,11 @@ pub async fn lock(db: &Database, key: &str, now: i64, lockout: i64) -> Result<bo
     Ok(done > 0)
 }
 
-/// A successful sign-in, in one transaction: the account's failures are
-/// forgotten, the source's reserved attempt (if any) is taken back (its
-/// other failures stand), and the audit entry is appended.
-pub async fn record_sign_in(
-    db: &Database,
-    account_key: &str,
-    source_key: Option<&str>,
-    audit: NewAuditEvent,
-) -> Result<(), IdentityError> {
+/// A successful sign-in that opens no session, in one transaction.
+pub async fn record_sign_in(db: &Database, record: SignInRecord) -> Result<(), IdentityError> {
     on_db!(db, pool => {
         let mut tx = pool.begin().await?;
-        sqlx::query("DELETE FROM sign_in_throttles WHERE throttle_key = $1")
-            .bind(account_key)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(source_key) = source_key {
-            sqlx::query(
-                "UPDATE sign_in_throttles SET failures = failures - 1 \
-                 WHERE throttle_key = $1 AND failures > 0",
-            )
-            .bind(source_key)
-            .execute(&mut *tx)
-            .await?;
-        }
-        append_audit!(tx, audit);
+        write_sign_in!(tx, record);
         tx.commit().await?;
     });
     Ok(())

@@ -6,6 +6,7 @@ use atiende_platform::on_db;
 use atiende_platform::storage::Database;
 use sqlx::AssertSqlSafe;
 
+use super::citizens::{SignInRecord, append_audit, write_sign_in};
 use crate::domain::IdentityError;
 
 pub async fn insert_redirect_uri(
@@ -648,17 +649,21 @@ pub struct SessionRow {
 }
 
 /// A citizen has just signed in for the request: in one transaction, the
-/// browser's previous session (`replaced`, if any) is ended, the new one
-/// stored, and the request records who signed in, how, and in which
-/// session.
+/// password check's record (if the sign-in was one), the browser's previous
+/// session (`replaced`, if any) ended, the new one stored, and the request's
+/// record of who signed in, how, and in which session.
 pub async fn start_session(
     db: &Database,
+    sign_in: Option<SignInRecord>,
     replaced: Option<&str>,
     row: &SessionRow,
     request_id: &str,
 ) -> Result<(), IdentityError> {
     on_db!(db, pool => {
         let mut tx = pool.begin().await?;
+        if let Some(sign_in) = sign_in {
+            write_sign_in!(tx, sign_in);
+        }
         if let Some(replaced) = replaced {
             sqlx::query("DELETE FROM citizen_sessions WHERE session_hash = $1")
                 .bind(replaced)

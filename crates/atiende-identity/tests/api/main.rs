@@ -79,6 +79,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     oidc_client::a_standard_oidc_client_library_signs_a_citizen_in,
     client_auth::clients_authenticate_with_private_key_jwt,
     sessions::a_session_skips_sign_in_and_remembered_consent_skips_the_page,
+    sessions::a_page_sign_in_is_audited_and_forgets_the_account_failures,
     sessions::acr_values_substantial_steps_up_with_totp_enrolment_on_the_pages,
     sessions::a_password_session_steps_up_with_the_second_factor_it_has,
     sessions::citizens_register_on_the_pages_in_english_and_verify_their_email,

@@ -290,6 +290,67 @@ pub async fn a_session_skips_sign_in_and_remembered_consent_skips_the_page(
     Ok(())
 }
 
+/// A sign-in on the page is recorded as the gRPC check's is: the audit
+/// entry (in the chain), and the account's failures forgotten, in the
+/// transaction that starts the session.
+pub async fn a_page_sign_in_is_audited_and_forgets_the_account_failures(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    use atiende_identity::config::CitizenConfig;
+    use atiende_identity::store::citizens::verify_audit_chain;
+
+    let options = crate::support::AppOptions {
+        citizens: CitizenConfig {
+            lockout_threshold: 3,
+            lockout_ms: std::time::Duration::from_secs(600),
+            ..CitizenConfig::default()
+        },
+        ..crate::support::AppOptions::default()
+    };
+    let app = TestApp::spawn_with(engine, options).await?;
+    citizen(&app).await?;
+    let flow = Flow::new(&app);
+    let rp = flow.rp().await?;
+    let (_, challenge) = pkce();
+    let locked = "Demasiados intentos fallidos";
+    // Two wrong passwords, then the right one; then the right one again in
+    // another browser. Were the account's failures (2, and the reservation
+    // of the success) not forgotten, the second sign-in would be the
+    // fourth attempt and be turned away (3). The source's failures stand.
+    for wrong in [2, 0] {
+        let mut browser = Browser::new(&flow);
+        let mut page = browser.authorize(&rp, &challenge, "openid", &[]).await?;
+        for _ in 0..wrong {
+            page = browser
+                .submit(
+                    &page,
+                    "/oauth2/authorize",
+                    &[
+                        ("national_id", "12.345.678-5"),
+                        ("password", "not the password"),
+                    ],
+                )
+                .await?;
+            assert!(is_sign_in(&page) && !page.html.contains(locked));
+        }
+        let consent = browser.sign_in(&page).await?;
+        assert!(is_consent(&consent), "{}", consent.html);
+    }
+    let db = app.database().await?;
+    let report = verify_audit_chain(&db).await?;
+    assert_eq!(report.broken, None);
+    let successes: Vec<String> = atiende_platform::on_db!(&db, pool => {
+        sqlx::query_scalar(
+            "SELECT attributes FROM audit_events WHERE event_type = 'sign_in_success' ORDER BY seq",
+        )
+        .fetch_all(pool)
+        .await?
+    });
+    assert_eq!(successes.len(), 2, "{successes:?}");
+    assert!(successes.iter().all(|a| a.contains("pwd")), "{successes:?}");
+    Ok(())
+}
+
 pub async fn acr_values_substantial_steps_up_with_totp_enrolment_on_the_pages(
     engine: Engine,
 ) -> anyhow::Result<()> {
