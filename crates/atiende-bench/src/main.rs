@@ -387,7 +387,7 @@ impl Report {
 
     fn print(&self, label: &str) {
         println!(
-            "{:<22} {:<10} {:>10.0} req/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  max {:>7.2} ms  errors {}",
+            "{:<22} {:<10} {:>10.1} req/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  max {:>7.2} ms  errors {}",
             self.scenario,
             label,
             self.rate(),
