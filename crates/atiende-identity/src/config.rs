@@ -111,9 +111,12 @@ pub struct TokenConfig {
     /// instances). Must be well below `next_key_lead_ms`.
     #[serde(with = "millis")]
     pub key_reload_interval_ms: Duration,
-    /// How long client credentials read from the database are reused by
-    /// IssueToken; a secret rotated or a client disabled on another instance
-    /// takes effect here within this time. 0 disables the cache.
+    /// How long clients and their credentials read from the database are
+    /// reused (by the token endpoints and the login pages); a secret rotated
+    /// or a client disabled on another instance takes effect here within
+    /// this time, and a client created on another instance may be unknown
+    /// here for as long. Keep it short (1 s by default); 0 disables the
+    /// cache.
     #[serde(with = "millis")]
     pub credential_cache_ttl_ms: Duration,
     /// How often an instance reads revocations made by other instances.

@@ -128,13 +128,26 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                tracing::warn!(error = %DisplayChain(&error), "database unavailable");
-                Self::Unavailable
-            }
-            other => Self::internal(other),
+        if connection_lost(&error) {
+            tracing::warn!(error = %DisplayChain(&error), "database unavailable");
+            return Self::Unavailable;
         }
+        Self::internal(error)
+    }
+}
+
+/// Whether the database could not be reached, or dropped the connection:
+/// worth a retry. A server that shuts down (or ends an idle session) says so
+/// on the connection before closing it (SQLSTATE 57P01–57P05), and failed
+/// connections are class 08; pooled connections are not pinged before use,
+/// so after a restart these reach the request that meets a dead one.
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "57P05")
+        }),
+        _ => false,
     }
 }
 
@@ -183,6 +196,58 @@ impl fmt::Display for DisplayChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database's error with a SQLSTATE, as the server sends it.
+    #[derive(Debug)]
+    struct ServerSaid(&'static str);
+
+    impl std::fmt::Display for ServerSaid {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for ServerSaid {}
+
+    impl sqlx::error::DatabaseError for ServerSaid {
+        fn message(&self) -> &str {
+            "server said"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn a_lost_database_connection_is_unavailable_other_database_errors_internal() {
+        let code_of = |error: sqlx::Error| Status::from(ApiError::from(error)).code();
+        // A server shutting down or restarting, an admin ending the
+        // session, a connection failure: retry.
+        for sqlstate in ["57P01", "57P02", "57P03", "08006", "08001"] {
+            let error = sqlx::Error::Database(Box::new(ServerSaid(sqlstate)));
+            assert_eq!(code_of(error), Code::Unavailable, "{sqlstate}");
+        }
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(code_of(sqlx::Error::Io(io)), Code::Unavailable);
+        assert_eq!(code_of(sqlx::Error::PoolTimedOut), Code::Unavailable);
+        // A unique violation or a syntax error is a bug, not an outage.
+        for sqlstate in ["23505", "42601"] {
+            let error = sqlx::Error::Database(Box::new(ServerSaid(sqlstate)));
+            assert_eq!(code_of(error), Code::Internal, "{sqlstate}");
+        }
+    }
 
     #[test]
     fn invalid_argument_lists_every_field_as_bad_request_violations() {

@@ -114,8 +114,9 @@ impl Database {
                 // No ping before each use: it is a round trip and a wake of
                 // a server process for every query. A connection the server
                 // dropped (a restart) fails its next query, which answers
-                // UNAVAILABLE without having written anything, and is
-                // closed; the next request gets a fresh one.
+                // UNAVAILABLE (`ApiError`'s mapping of a lost connection)
+                // without having written anything, and is closed; the next
+                // request gets a fresh one.
                 .test_before_acquire(false)
                 .connect_with(options)
                 .await

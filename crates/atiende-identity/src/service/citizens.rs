@@ -674,7 +674,7 @@ impl IdentityService {
                 now,
             ),
         };
-        tracing::info!(citizen_id = %found.citizen.citizen_id, "citizen signed in");
+        tracing::info!(citizen_id = %found.citizen.citizen_id, "citizen's credentials accepted");
         Ok((
             SignInOutcome::Accepted {
                 citizen: Box::new(found.citizen),

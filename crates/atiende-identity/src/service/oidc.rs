@@ -874,7 +874,10 @@ impl IdentityService {
             &request.request_id,
         )
         .await
-        .map_err(|_| unavailable())?;
+        .map_err(|error| {
+            tracing::error!(%error, "could not start a session");
+            unavailable()
+        })?;
         let session_hash = session.session_hash;
         request.citizen_id = Some(citizen_id.to_owned());
         request.methods = Some(methods.to_owned());

@@ -661,9 +661,6 @@ pub async fn start_session(
 ) -> Result<(), IdentityError> {
     on_db!(db, pool => {
         let mut tx = pool.begin().await?;
-        if let Some(sign_in) = sign_in {
-            write_sign_in!(tx, sign_in);
-        }
         if let Some(replaced) = replaced {
             sqlx::query("DELETE FROM citizen_sessions WHERE session_hash = $1")
                 .bind(replaced)
@@ -694,6 +691,10 @@ pub async fn start_session(
         .bind(request_id)
         .execute(&mut *tx)
         .await?;
+        // Last: the audit entry holds the chain's head until the commit.
+        if let Some(sign_in) = sign_in {
+            write_sign_in!(tx, sign_in);
+        }
         tx.commit().await?;
     });
     Ok(())

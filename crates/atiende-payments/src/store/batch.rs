@@ -1,10 +1,10 @@
 //! Group commit: the creates and state changes of many requests written in
 //! one transaction (see `service::writer`).
 //!
-//! On PostgreSQL each kind of row goes in with one statement of arrays
-//! (`UNNEST`), the same text for any group size, so it is prepared once
-//! per connection; a group costs a handful of round trips and one commit
-//! whatever its size. On SQLite, where a statement is cheap and writers
+//! On PostgreSQL the rows go in with statements of arrays (`UNNEST`), the
+//! same text for any group size; usually the whole group is one statement
+//! of data-modifying CTEs, so a group costs one or two round trips and one
+//! commit whatever its size. On SQLite, where a statement is cheap and writers
 //! are serialised anyway, the rows are written one by one inside the one
 //! transaction: the saving is the commit (one fsync for the group).
 //!
@@ -241,7 +241,8 @@ async fn sqlite_write(tx: &mut SqliteConnection, write: &Write) -> Result<Writte
             };
             let payment = Payment::try_from(row)?;
             if let Some(opened) = change.opened {
-                insert_event!(tx, opened, StateChange::started_view(&payment), None);
+                let started = StateChange::started_view(&payment);
+                insert_event!(tx, opened, started, None);
             }
             insert_event!(tx, change.event, payment, None);
             insert_postings!(tx, &change.postings, payment, None, change.now);
@@ -358,9 +359,11 @@ macro_rules! group_postings {
 
 /// The whole group as one PostgreSQL statement of data-modifying CTEs
 /// (keys, new payments, state changes, their events, webhook deliveries
-/// and ledger postings), committed on its own: one round trip and no
-/// BEGIN or COMMIT, where the transaction path needs seven. Only when
-/// each payment is changed at most once.
+/// and ledger postings), committed on its own, with no BEGIN or COMMIT,
+/// where the transaction path needs seven statements. One round trip for a
+/// group of creates (a prepared statement); two for a group with changes,
+/// which is parsed and planned for itself (see below). Only when each
+/// payment is changed at most once.
 async fn pg_one_statement(
     conn: &mut PgConnection,
     writes: &[Write],
