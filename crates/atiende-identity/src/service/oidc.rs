@@ -549,29 +549,16 @@ impl IdentityService {
             .await
             .map_err(|_| unavailable())?;
         let step = self
-            .proceed(&request, &client, &csrf_token, !prompt.none, now)
+            .proceed(&request, &client, &csrf_token, !prompt.none, now, None)
             .await?;
         Ok(Answer::keep(step))
     }
 
     /// The next step of a request: sign in, a second factor, consent, or
     /// the code. Without `interactive` (prompt=none) any page is an error
-    /// sent back to the client.
+    /// sent back to the client. `signed_in`: the request's citizen as the
+    /// sign-in that checked it just read it (`None`: read it).
     async fn proceed(
-        &self,
-        request: &AuthorizationRequestRow,
-        client: &Client,
-        csrf_token: &str,
-        interactive: bool,
-        now: i64,
-    ) -> Result<Step, AuthorizeError> {
-        self.proceed_with(request, client, csrf_token, interactive, now, None)
-            .await
-    }
-
-    /// [`Self::proceed`] with the request's citizen as just read (by the
-    /// sign-in that checked it), or `None` to read it.
-    async fn proceed_with(
         &self,
         request: &AuthorizationRequestRow,
         client: &Client,
@@ -884,7 +871,7 @@ impl IdentityService {
         request.auth_time = Some(now);
         request.session_hash = Some(session_hash);
         let step = self
-            .proceed_with(&request, client, context.csrf_form, true, now, citizen)
+            .proceed(&request, client, context.csrf_form, true, now, citizen)
             .await?;
         Ok(Answer {
             step,
@@ -1130,7 +1117,7 @@ impl IdentityService {
     ) -> Result<Answer, AuthorizeError> {
         let (request, client) = self.form_request(&context, now).await?;
         let step = self
-            .proceed(&request, &client, context.csrf_form, true, now)
+            .proceed(&request, &client, context.csrf_form, true, now, None)
             .await?;
         Ok(Answer::keep(step))
     }
