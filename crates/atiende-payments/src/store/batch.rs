@@ -269,17 +269,78 @@ fn changes_distinct(writes: &[Write]) -> bool {
 // payments $7-$22, events $23-$26, then (only when the group changes
 // payments) changes $27-$41 and ledger postings $42-$49.
 
+/// The claim of a group's idempotency keys ($1–$6, the columns of
+/// [`KeyColumns`]): the ids of the payments whose key it claimed.
+macro_rules! claim_keys {
+    () => {
+        "INSERT INTO idempotency_keys (agency_id, environment, operation, \
+         idempotency_key, request_hash, resource_id, create_time) \
+         SELECT a, e, 'CreatePayment', k, h, r, t FROM UNNEST($1::text[], $2::text[], \
+         $3::text[], $4::text[], $5::text[], $6::bigint[]) AS c(a, e, k, h, r, t) \
+         ON CONFLICT (agency_id, environment, operation, idempotency_key) DO NOTHING \
+         RETURNING resource_id"
+    };
+}
+
+/// A keyed create of a group: the payment, its key and its request hash.
+type Keyed<'a> = (&'a Payment, &'a str, &'a str);
+
+/// The group's keyed creates, in one order, so that two groups never
+/// deadlock on their keys.
+fn keyed_creates(writes: &[Write]) -> Vec<Keyed<'_>> {
+    let mut keyed: Vec<Keyed<'_>> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create {
+                payment,
+                idempotency: Some((key, hash)),
+            } => Some((payment, key.as_str(), hash.as_str())),
+            _ => None,
+        })
+        .collect();
+    keyed.sort_by(|a, b| {
+        (&a.0.tenant.agency_id, a.0.tenant.environment.as_str(), a.1).cmp(&(
+            &b.0.tenant.agency_id,
+            b.0.tenant.environment.as_str(),
+            b.1,
+        ))
+    });
+    keyed
+}
+
+/// The arrays that `claim_keys!` binds, in its order.
+struct KeyColumns {
+    agency_id: Vec<String>,
+    environment: Vec<String>,
+    key: Vec<String>,
+    request_hash: Vec<String>,
+    payment_id: Vec<String>,
+    create_time: Vec<i64>,
+}
+
+impl KeyColumns {
+    fn of(keyed: &[Keyed<'_>]) -> Self {
+        Self {
+            agency_id: keyed.iter().map(|k| k.0.tenant.agency_id.clone()).collect(),
+            environment: keyed
+                .iter()
+                .map(|k| k.0.tenant.environment.as_str().to_owned())
+                .collect(),
+            key: keyed.iter().map(|k| k.1.to_owned()).collect(),
+            request_hash: keyed.iter().map(|k| k.2.to_owned()).collect(),
+            payment_id: keyed.iter().map(|k| k.0.payment_id.clone()).collect(),
+            create_time: keyed.iter().map(|k| k.0.create_time).collect(),
+        }
+    }
+}
+
 /// CTEs `k` (the keys claimed) and `np` (the payments inserted).
 macro_rules! group_new_payments {
     () => {
         concat!(
-            "WITH k AS (INSERT INTO idempotency_keys (agency_id, environment, operation, \
-             idempotency_key, request_hash, resource_id, create_time) \
-             SELECT a, e, 'CreatePayment', k, h, r, t FROM UNNEST($1::text[], $2::text[], \
-             $3::text[], $4::text[], $5::text[], $6::bigint[]) AS c(a, e, k, h, r, t) \
-             ON CONFLICT (agency_id, environment, operation, idempotency_key) DO NOTHING \
-             RETURNING resource_id), \
-             np AS (INSERT INTO payments (payment_id, agency_id, environment, amount_minor, \
+            "WITH k AS (",
+            claim_keys!(),
+            "), np AS (INSERT INTO payments (payment_id, agency_id, environment, amount_minor, \
              currency, reference, description, return_url, metadata, language, delayed_capture, \
              state, failure_message, refund_submitted_minor, page_secret, expire_time, \
              create_time, update_time) \
@@ -368,24 +429,7 @@ async fn pg_one_statement(
     conn: &mut PgConnection,
     writes: &[Write],
 ) -> Result<Vec<Written>, PaymentsError> {
-    // Keys, in one order (no deadlock between two groups).
-    let mut keyed: Vec<(&Payment, &str, &str)> = writes
-        .iter()
-        .filter_map(|w| match w {
-            Write::Create {
-                payment,
-                idempotency: Some((key, hash)),
-            } => Some((payment, key.as_str(), hash.as_str())),
-            _ => None,
-        })
-        .collect();
-    keyed.sort_by(|a, b| {
-        (&a.0.tenant.agency_id, a.0.tenant.environment.as_str(), a.1).cmp(&(
-            &b.0.tenant.agency_id,
-            b.0.tenant.environment.as_str(),
-            b.1,
-        ))
-    });
+    let keys = KeyColumns::of(&keyed_creates(writes));
     let creates: Vec<(&Payment, bool)> = writes
         .iter()
         .filter_map(|w| match w {
@@ -502,27 +546,12 @@ async fn pg_one_statement(
         .persistent(false)
     };
     let mut query = query
-        .bind(
-            keyed
-                .iter()
-                .map(|k| k.0.tenant.agency_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            keyed
-                .iter()
-                .map(|k| k.0.tenant.environment.as_str().to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .bind(keyed.iter().map(|k| k.1.to_owned()).collect::<Vec<_>>())
-        .bind(keyed.iter().map(|k| k.2.to_owned()).collect::<Vec<_>>())
-        .bind(
-            keyed
-                .iter()
-                .map(|k| k.0.payment_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(keyed.iter().map(|k| k.0.create_time).collect::<Vec<_>>())
+        .bind(keys.agency_id)
+        .bind(keys.environment)
+        .bind(keys.key)
+        .bind(keys.request_hash)
+        .bind(keys.payment_id)
+        .bind(keys.create_time)
         .bind(ct(&|p| p.payment_id.clone()))
         .bind(ct(&|p| p.tenant.agency_id.clone()))
         .bind(ct(&|p| p.tenant.environment.as_str().to_owned()))
@@ -658,64 +687,30 @@ async fn pg_claim_keys<'a>(
     tx: &mut PgConnection,
     writes: &'a [Write],
 ) -> Result<HashSet<&'a str>, PaymentsError> {
-    let mut free = HashSet::new();
-    let mut keyed: Vec<(&Payment, &str, &str)> = Vec::new();
-    for write in writes {
-        match write {
+    let mut free: HashSet<&str> = writes
+        .iter()
+        .filter_map(|w| match w {
             Write::Create {
                 payment,
                 idempotency: None,
-            } => {
-                free.insert(payment.payment_id.as_str());
-            }
-            Write::Create {
-                payment,
-                idempotency: Some((key, hash)),
-            } => keyed.push((payment, key, hash)),
-            Write::Change { .. } => {}
-        }
-    }
+            } => Some(payment.payment_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let keyed = keyed_creates(writes);
     if keyed.is_empty() {
         return Ok(free);
     }
-    keyed.sort_by(|a, b| {
-        (&a.0.tenant.agency_id, a.0.tenant.environment.as_str(), a.1).cmp(&(
-            &b.0.tenant.agency_id,
-            b.0.tenant.environment.as_str(),
-            b.1,
-        ))
-    });
-    let claimed: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO idempotency_keys (agency_id, environment, operation, idempotency_key, \
-         request_hash, resource_id, create_time) \
-         SELECT a, e, 'CreatePayment', k, h, r, t FROM UNNEST($1::text[], $2::text[], \
-         $3::text[], $4::text[], $5::text[], $6::bigint[]) AS c(a, e, k, h, r, t) \
-         ON CONFLICT (agency_id, environment, operation, idempotency_key) DO NOTHING \
-         RETURNING resource_id",
-    )
-    .bind(
-        keyed
-            .iter()
-            .map(|k| k.0.tenant.agency_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        keyed
-            .iter()
-            .map(|k| k.0.tenant.environment.as_str().to_owned())
-            .collect::<Vec<_>>(),
-    )
-    .bind(keyed.iter().map(|k| k.1.to_owned()).collect::<Vec<_>>())
-    .bind(keyed.iter().map(|k| k.2.to_owned()).collect::<Vec<_>>())
-    .bind(
-        keyed
-            .iter()
-            .map(|k| k.0.payment_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(keyed.iter().map(|k| k.0.create_time).collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
-    .await?;
+    let keys = KeyColumns::of(&keyed);
+    let claimed: Vec<String> = sqlx::query_scalar(claim_keys!())
+        .bind(keys.agency_id)
+        .bind(keys.environment)
+        .bind(keys.key)
+        .bind(keys.request_hash)
+        .bind(keys.payment_id)
+        .bind(keys.create_time)
+        .fetch_all(&mut *tx)
+        .await?;
     let claimed: HashSet<String> = claimed.into_iter().collect();
     for (payment, _, _) in keyed {
         if claimed.contains(&payment.payment_id) {
