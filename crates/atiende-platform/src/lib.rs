@@ -22,6 +22,7 @@ pub mod config;
 pub mod error;
 #[cfg(feature = "testing")]
 pub mod harness;
+pub mod html;
 pub mod ids;
 pub mod net;
 pub mod paging;

@@ -2,6 +2,7 @@
 //! script, every input labelled, errors announced (`role="alert"`) and tied
 //! to their fields (`aria-invalid`, `aria-describedby`).
 
+pub use atiende_platform::html::escape;
 use secrecy::ExposeSecret;
 
 use crate::service::oidc::{
@@ -15,21 +16,6 @@ pub const ENROL_PATH: &str = "/oauth2/enrol";
 pub const CONTINUE_PATH: &str = "/oauth2/continue";
 pub const CONSENT_PATH: &str = "/oauth2/consent";
 pub const LOGOUT_PATH: &str = "/oauth2/logout";
-
-pub fn escape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for c in raw.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            other => out.push(other),
-        }
-    }
-    out
-}
 
 /// Every string of the pages, in one language.
 pub struct Texts {

@@ -10,6 +10,8 @@
 //! links or structure. A list value alone on its line becomes a bulleted
 //! list; inside a sentence its items are joined with commas.
 
+use atiende_platform::html::escape_into;
+
 use super::template::{Filled, Personalisation, Problems, TemplateText, fill, to_plain};
 
 /// A rendered email.
@@ -276,20 +278,6 @@ fn linkify_into(html: &mut String, text: &str) {
         rest = &candidate[url.len()..];
     }
     escape_into(html, rest);
-}
-
-/// HTML-escapes text for element content and double-quoted attributes.
-pub fn escape_into(html: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '&' => html.push_str("&amp;"),
-            '<' => html.push_str("&lt;"),
-            '>' => html.push_str("&gt;"),
-            '"' => html.push_str("&quot;"),
-            '\'' => html.push_str("&#39;"),
-            other => html.push(other),
-        }
-    }
 }
 
 #[cfg(test)]

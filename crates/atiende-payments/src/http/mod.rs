@@ -18,6 +18,7 @@ mod export;
 use std::sync::Arc;
 
 use atiende_platform::auth::TokenVerifier;
+use atiende_platform::html::escape;
 use atiende_platform::storage::now_micros;
 use axum::Router;
 use axum::extract::{Form, Path, State};
@@ -293,7 +294,7 @@ fn gone(payment: &Payment) -> Response {
         language,
         &format!(
             "<p>{text}</p><p><a href=\"{}\">{back}</a></p>",
-            esc(&payment.new.return_url)
+            escape(&payment.new.return_url)
         ),
     )
 }
@@ -375,14 +376,14 @@ fn form_html(
     html.push_str(&format!(
         "<h1>{}</h1><p>{}</p><p class=\"amount\">{}</p><p>{}: {}</p>",
         t(language, "Pagar", "Pay"),
-        esc(&payment.new.description),
-        esc(&format_amount(payment.amount(), language)),
+        escape(&payment.new.description),
+        escape(&format_amount(payment.amount(), language)),
         t(language, "Referencia", "Reference"),
-        esc(&payment.new.reference),
+        escape(&payment.new.reference),
     ));
     html.push_str(&format!(
         "<form method=\"post\" novalidate><input type=\"hidden\" name=\"csrf_token\" value=\"{}\">",
-        esc(csrf)
+        escape(csrf)
     ));
     let fields: [(&str, &str, &str, &str, &str); 5] = [
         (
@@ -432,7 +433,7 @@ fn form_html(
         html.push_str(&format!(
             "<input id=\"{field}\" name=\"{field}\" autocomplete=\"{autocomplete}\" \
              inputmode=\"{mode}\" value=\"{}\"{}>",
-            esc(value),
+            escape(value),
             if error.is_some() {
                 format!(" aria-invalid=\"true\" aria-describedby=\"{field}-error\"")
             } else {
@@ -481,22 +482,6 @@ pub fn format_amount(amount: Money, language: Language) -> String {
     }
 }
 
-/// Escapes text for HTML content and attribute values.
-fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,7 +504,7 @@ mod tests {
     #[test]
     fn agency_text_is_escaped() {
         assert_eq!(
-            esc("<b>\"x\" & 'y'</b>"),
+            escape("<b>\"x\" & 'y'</b>"),
             "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;"
         );
     }
