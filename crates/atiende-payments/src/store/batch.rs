@@ -131,6 +131,61 @@ pub async fn write_group(db: &Database, writes: &[Write]) -> Result<Vec<Written>
     }
 }
 
+/// The plans of the statements that apply state changes, as a connection
+/// that prepared them now would cache them (on PostgreSQL the generic
+/// plans, which are kept until the tables are analysed): for the test that
+/// keeps them on the payments' primary key whatever the tables' size.
+#[doc(hidden)]
+pub async fn change_plans(db: &Database) -> Result<Vec<String>, PaymentsError> {
+    match db {
+        Database::Sqlite(pool) => {
+            let explain = format!("EXPLAIN QUERY PLAN {SQLITE_CHANGE}");
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(explain)).persistent(false);
+            for _ in 0..15 {
+                query = query.bind(None::<String>);
+            }
+            let rows: Vec<(i64, i64, i64, String)> = query.fetch_all(pool).await?;
+            Ok(vec![
+                rows.into_iter()
+                    .map(|row| row.3)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ])
+        }
+        Database::Postgres(pool) => {
+            // A connection of its own, closed after: nothing of this stays
+            // in the pool.
+            let mut conn = pool.acquire().await?.detach();
+            let mut plans = Vec::new();
+            for (text, params) in [(PG_GROUP_WITH_CHANGES, 49), (PG_CHANGE_ROUND, 15)] {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "SET plan_cache_mode = force_generic_plan; PREPARE change_plan AS {text}"
+                )))
+                .execute(&mut conn)
+                .await?;
+                let nulls = vec!["NULL"; params].join(", ");
+                let lines: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "EXPLAIN EXECUTE change_plan({nulls})"
+                )))
+                .persistent(false)
+                .fetch_all(&mut conn)
+                .await?;
+                sqlx::raw_sql("DEALLOCATE change_plan")
+                    .execute(&mut conn)
+                    .await?;
+                plans.push(
+                    lines
+                        .into_iter()
+                        .map(|line| line.0)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+            }
+            Ok(plans)
+        }
+    }
+}
+
 /// One state change in a transaction of its own (tests and tools; the
 /// service queues its changes for a group). `None` when the payment was not
 /// in `change.from`.
@@ -150,6 +205,20 @@ pub async fn change_state(
         _ => Ok(None),
     }
 }
+
+/// The state change of one payment on SQLite.
+const SQLITE_CHANGE: &str = concat!(
+    "UPDATE payments SET state = $1, failure_reason = $2, failure_message = $3, \
+     fee_minor = COALESCE($4, fee_minor), card_brand = COALESCE($5, card_brand), \
+     card_first_six = COALESCE($6, card_first_six), \
+     card_last_four = COALESCE($7, card_last_four), \
+     card_expiry_month = COALESCE($8, card_expiry_month), \
+     card_expiry_year = COALESCE($9, card_expiry_year), \
+     cardholder_name = COALESCE($10, cardholder_name), update_time = $11 \
+     WHERE payment_id = $12 AND agency_id = $13 AND environment = $14 AND state = $15 \
+     AND ($1 <> 'success' OR void_requested_time IS NULL) RETURNING ",
+    payment_columns!()
+);
 
 async fn sqlite_write(tx: &mut SqliteConnection, write: &Write) -> Result<Written, PaymentsError> {
     match write {
@@ -207,35 +276,24 @@ async fn sqlite_write(tx: &mut SqliteConnection, write: &Write) -> Result<Writte
             change,
         } => {
             let card = change.card.as_ref();
-            let row: Option<PaymentRow> = sqlx::query_as(concat!(
-                "UPDATE payments SET state = $1, failure_reason = $2, failure_message = $3, \
-                 fee_minor = COALESCE($4, fee_minor), card_brand = COALESCE($5, card_brand), \
-                 card_first_six = COALESCE($6, card_first_six), \
-                 card_last_four = COALESCE($7, card_last_four), \
-                 card_expiry_month = COALESCE($8, card_expiry_month), \
-                 card_expiry_year = COALESCE($9, card_expiry_year), \
-                 cardholder_name = COALESCE($10, cardholder_name), update_time = $11 \
-                 WHERE payment_id = $12 AND agency_id = $13 AND environment = $14 AND state = $15 \
-                 AND ($1 <> 'success' OR void_requested_time IS NULL) RETURNING ",
-                payment_columns!()
-            ))
-            .bind(change.to.as_str())
-            .bind(change.reason.map(FailureReason::as_str))
-            .bind(&change.message)
-            .bind(change.fee_minor)
-            .bind(card.map(|c| c.brand.as_str()))
-            .bind(card.map(|c| c.first_six.as_str()))
-            .bind(card.map(|c| c.last_four.as_str()))
-            .bind(card.map(|c| i64::from(c.expiry.month)))
-            .bind(card.map(|c| i64::from(c.expiry.year)))
-            .bind(card.map(|c| c.cardholder_name.as_str()))
-            .bind(change.now)
-            .bind(payment_id)
-            .bind(&tenant.agency_id)
-            .bind(tenant.environment.as_str())
-            .bind(change.from.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
+            let row: Option<PaymentRow> = sqlx::query_as(SQLITE_CHANGE)
+                .bind(change.to.as_str())
+                .bind(change.reason.map(FailureReason::as_str))
+                .bind(&change.message)
+                .bind(change.fee_minor)
+                .bind(card.map(|c| c.brand.as_str()))
+                .bind(card.map(|c| c.first_six.as_str()))
+                .bind(card.map(|c| c.last_four.as_str()))
+                .bind(card.map(|c| i64::from(c.expiry.month)))
+                .bind(card.map(|c| i64::from(c.expiry.year)))
+                .bind(card.map(|c| c.cardholder_name.as_str()))
+                .bind(change.now)
+                .bind(payment_id)
+                .bind(&tenant.agency_id)
+                .bind(tenant.environment.as_str())
+                .bind(change.from.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
             let Some(row) = row else {
                 return Ok(Written::Skipped);
             };
@@ -356,6 +414,27 @@ macro_rules! group_new_payments {
     };
 }
 
+/// Which payments a change applies to: the one with the change's id
+/// (`c.i`), if it is the tenant's (`c.a`, `c.e`) and still in the
+/// change's `from` state (`c.f`); never a capture once a void was asked.
+///
+/// Written so that the only plan PostgreSQL can make is a loop over the
+/// changes that looks each payment up by its primary key: no equality
+/// here can be hashed or merged (`= ANY (ARRAY[..])`, `IS NOT DISTINCT
+/// FROM`), so no plan scans the table to join it. The statements that use
+/// it are prepared once per connection, and PostgreSQL keeps a generic
+/// plan until the table is analysed; one made while `payments` was small
+/// would otherwise join by scanning every payment (docs/performance.md).
+/// The same rows match as with plain equalities: none of these columns is
+/// ever NULL.
+macro_rules! change_condition {
+    () => {
+        "payment_id = ANY (ARRAY[c.i]) \
+         AND ROW(agency_id, environment, state) IS NOT DISTINCT FROM ROW(c.a, c.e, c.f) \
+         AND (c.t <> 'success' OR void_requested_time IS NULL)"
+    };
+}
+
 /// CTE `up`: the state changes, each on the payment if still in its
 /// `from` state.
 macro_rules! group_changes {
@@ -372,9 +451,9 @@ macro_rules! group_changes {
              FROM UNNEST($27::text[], $28::text[], $29::text[], $30::text[], $31::text[], \
              $32::text[], $33::text[], $34::bigint[], $35::text[], $36::text[], $37::text[], \
              $38::bigint[], $39::bigint[], $40::text[], $41::bigint[]) \
-             AS c(i, a, e, f, t, r, m, fee, cb, c6, c4, cm, cy, cn, n) \
-             WHERE payment_id = c.i AND agency_id = c.a AND environment = c.e AND state = c.f \
-             AND (c.t <> 'success' OR void_requested_time IS NULL) RETURNING ",
+             AS c(i, a, e, f, t, r, m, fee, cb, c6, c4, cm, cy, cn, n) WHERE ",
+            change_condition!(),
+            " RETURNING ",
             payment_columns!(),
             ")"
         )
@@ -418,12 +497,24 @@ macro_rules! group_postings {
     };
 }
 
+/// [`pg_one_statement`]'s text for a group with state changes.
+const PG_GROUP_WITH_CHANGES: &str = concat!(
+    group_new_payments!(),
+    ", ",
+    group_changes!(),
+    ", done AS (SELECT * FROM np UNION ALL SELECT * FROM up), ",
+    group_events!(),
+    ", ",
+    group_postings!(),
+    " SELECT * FROM done"
+);
+
 /// The whole group as one PostgreSQL statement of data-modifying CTEs
 /// (keys, new payments, state changes, their events, webhook deliveries
 /// and ledger postings), committed on its own, with no BEGIN or COMMIT,
-/// where the transaction path needs seven statements. One round trip for a
-/// group of creates (a prepared statement); two for a group with changes,
-/// which is parsed and planned for itself (see below). Only when each
+/// where the transaction path needs seven statements: one round trip, of a
+/// statement prepared once per connection (see `change_condition!` for
+/// why its cached plan stays right as the tables grow). Only when each
 /// payment is changed at most once.
 async fn pg_one_statement(
     conn: &mut PgConnection,
@@ -520,8 +611,7 @@ async fn pg_one_statement(
         changes.iter().map(f).collect()
     };
     let query = if changes.is_empty() {
-        // Creates only: no payment to update, and a statement that may be
-        // planned once per connection.
+        // Creates only: a smaller statement, with no payment to update.
         sqlx::query_as(concat!(
             group_new_payments!(),
             ", done AS (SELECT * FROM np), ",
@@ -529,21 +619,7 @@ async fn pg_one_statement(
             " SELECT * FROM done"
         ))
     } else {
-        sqlx::query_as(concat!(
-            group_new_payments!(),
-            ", ",
-            group_changes!(),
-            ", done AS (SELECT * FROM np UNION ALL SELECT * FROM up), ",
-            group_events!(),
-            ", ",
-            group_postings!(),
-            " SELECT * FROM done"
-        ))
-        // Planned for each group, not once per connection: a plan cached
-        // while the tables were small or had no statistics yet (PostgreSQL
-        // keeps it until they are analysed) would scan every payment to
-        // update a few.
-        .persistent(false)
+        sqlx::query_as(PG_GROUP_WITH_CHANGES)
     };
     let mut query = query
         .bind(keys.agency_id)
@@ -768,6 +844,24 @@ async fn pg_insert_payments(
 /// A change of a group: the tenant, the payment id and the change.
 type ChangeRef<'a> = (&'a Tenant, &'a str, &'a StateChange);
 
+/// [`pg_change_states`]'s text.
+const PG_CHANGE_ROUND: &str = concat!(
+    "UPDATE payments SET state = c.t, failure_reason = c.r, failure_message = c.m, \
+     fee_minor = COALESCE(c.fee, fee_minor), card_brand = COALESCE(c.cb, card_brand), \
+     card_first_six = COALESCE(c.c6, card_first_six), \
+     card_last_four = COALESCE(c.c4, card_last_four), \
+     card_expiry_month = COALESCE(c.cm, card_expiry_month), \
+     card_expiry_year = COALESCE(c.cy, card_expiry_year), \
+     cardholder_name = COALESCE(c.cn, cardholder_name), update_time = c.n \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+     $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bigint[], \
+     $13::bigint[], $14::text[], $15::bigint[]) \
+     AS c(i, a, e, f, t, r, m, fee, cb, c6, c4, cm, cy, cn, n) WHERE ",
+    change_condition!(),
+    " RETURNING ",
+    payment_columns!()
+);
+
 /// One round of state changes (each payment at most once); the changed
 /// payments by id.
 async fn pg_change_states(
@@ -794,53 +888,36 @@ async fn pg_change_states(
     let opt_int = |f: &dyn Fn(&ChangeRef<'_>) -> Option<i64>| -> Vec<Option<i64>> {
         changes.iter().map(f).collect()
     };
-    let rows: Vec<PaymentRow> = sqlx::query_as(concat!(
-        "UPDATE payments SET state = c.t, failure_reason = c.r, failure_message = c.m, \
-         fee_minor = COALESCE(c.fee, fee_minor), card_brand = COALESCE(c.cb, card_brand), \
-         card_first_six = COALESCE(c.c6, card_first_six), \
-         card_last_four = COALESCE(c.c4, card_last_four), \
-         card_expiry_month = COALESCE(c.cm, card_expiry_month), \
-         card_expiry_year = COALESCE(c.cy, card_expiry_year), \
-         cardholder_name = COALESCE(c.cn, cardholder_name), update_time = c.n \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-         $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bigint[], \
-         $13::bigint[], $14::text[], $15::bigint[]) \
-         AS c(i, a, e, f, t, r, m, fee, cb, c6, c4, cm, cy, cn, n) \
-         WHERE payment_id = c.i AND agency_id = c.a AND environment = c.e AND state = c.f \
-         AND (c.t <> 'success' OR void_requested_time IS NULL) RETURNING ",
-        payment_columns!()
-    ))
-    // Planned for each round, as the one-statement group is.
-    .persistent(false)
-    .bind(text(&|c| c.1.to_owned()))
-    .bind(text(&|c| c.0.agency_id.clone()))
-    .bind(text(&|c| c.0.environment.as_str().to_owned()))
-    .bind(text(&|c| c.2.from.as_str().to_owned()))
-    .bind(text(&|c| c.2.to.as_str().to_owned()))
-    .bind(opt_text(&|c| c.2.reason.map(|r| r.as_str().to_owned())))
-    .bind(text(&|c| c.2.message.clone()))
-    .bind(opt_int(&|c| c.2.fee_minor))
-    .bind(opt_text(&|c| {
-        c.2.card.as_ref().map(|k| k.brand.as_str().to_owned())
-    }))
-    .bind(opt_text(&|c| {
-        c.2.card.as_ref().map(|k| k.first_six.clone())
-    }))
-    .bind(opt_text(&|c| {
-        c.2.card.as_ref().map(|k| k.last_four.clone())
-    }))
-    .bind(opt_int(&|c| {
-        c.2.card.as_ref().map(|k| i64::from(k.expiry.month))
-    }))
-    .bind(opt_int(&|c| {
-        c.2.card.as_ref().map(|k| i64::from(k.expiry.year))
-    }))
-    .bind(opt_text(&|c| {
-        c.2.card.as_ref().map(|k| k.cardholder_name.clone())
-    }))
-    .bind(changes.iter().map(|c| c.2.now).collect::<Vec<i64>>())
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<PaymentRow> = sqlx::query_as(PG_CHANGE_ROUND)
+        .bind(text(&|c| c.1.to_owned()))
+        .bind(text(&|c| c.0.agency_id.clone()))
+        .bind(text(&|c| c.0.environment.as_str().to_owned()))
+        .bind(text(&|c| c.2.from.as_str().to_owned()))
+        .bind(text(&|c| c.2.to.as_str().to_owned()))
+        .bind(opt_text(&|c| c.2.reason.map(|r| r.as_str().to_owned())))
+        .bind(text(&|c| c.2.message.clone()))
+        .bind(opt_int(&|c| c.2.fee_minor))
+        .bind(opt_text(&|c| {
+            c.2.card.as_ref().map(|k| k.brand.as_str().to_owned())
+        }))
+        .bind(opt_text(&|c| {
+            c.2.card.as_ref().map(|k| k.first_six.clone())
+        }))
+        .bind(opt_text(&|c| {
+            c.2.card.as_ref().map(|k| k.last_four.clone())
+        }))
+        .bind(opt_int(&|c| {
+            c.2.card.as_ref().map(|k| i64::from(k.expiry.month))
+        }))
+        .bind(opt_int(&|c| {
+            c.2.card.as_ref().map(|k| i64::from(k.expiry.year))
+        }))
+        .bind(opt_text(&|c| {
+            c.2.card.as_ref().map(|k| k.cardholder_name.clone())
+        }))
+        .bind(changes.iter().map(|c| c.2.now).collect::<Vec<i64>>())
+        .fetch_all(&mut *tx)
+        .await?;
     rows.into_iter()
         .map(|row| {
             let payment = Payment::try_from(row)?;

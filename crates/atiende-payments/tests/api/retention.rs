@@ -501,3 +501,40 @@ pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
     assert_eq!(missing.code(), Code::NotFound);
     Ok(())
 }
+
+/// The statements that change payments look each one up by its primary
+/// key, even as planned on an empty table that was never analysed: on
+/// PostgreSQL a connection keeps that plan while the table grows (until it
+/// is analysed), and one that joined by scanning `payments` would read
+/// every payment to change a few.
+pub async fn state_changes_look_payments_up_by_key_on_an_empty_table(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    use atiende_payments::store;
+
+    let app = TestApp::spawn(engine).await?;
+    let plans = store::change_plans(app.payments.database()).await?;
+    assert!(!plans.is_empty());
+    for plan in plans {
+        match engine {
+            Engine::Sqlite => {
+                assert!(
+                    plan.contains("SEARCH payments USING INDEX"),
+                    "not by key:\n{plan}"
+                );
+                assert!(!plan.contains("SCAN payments"), "scans payments:\n{plan}");
+            }
+            Engine::Postgres => {
+                assert!(
+                    plan.contains("Index Scan using payments_pkey on payments"),
+                    "not by key:\n{plan}"
+                );
+                assert!(
+                    !plan.contains("Seq Scan on payments"),
+                    "scans payments:\n{plan}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
