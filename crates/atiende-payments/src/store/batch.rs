@@ -3,7 +3,7 @@
 //!
 //! On PostgreSQL the rows go in with statements of arrays (`UNNEST`), the
 //! same text for any group size; usually the whole group is one statement
-//! of data-modifying CTEs, so a group costs one or two round trips and one
+//! of data-modifying CTEs, so a group costs one round trip and one
 //! commit whatever its size. On SQLite, where a statement is cheap and writers
 //! are serialised anyway, the rows are written one by one inside the one
 //! transaction: the saving is the commit (one fsync for the group).
@@ -16,7 +16,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{PgConnection, SqliteConnection};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments as _, Encode, PgConnection, Postgres, SqliteConnection, Type};
 
 use super::*;
 
@@ -328,7 +329,7 @@ fn changes_distinct(writes: &[Write]) -> bool {
 // payments) changes $27-$41 and ledger postings $42-$49.
 
 /// The claim of a group's idempotency keys ($1–$6, the columns of
-/// [`KeyColumns`]): the ids of the payments whose key it claimed.
+/// `push_key_columns`): the ids of the payments whose key it claimed.
 macro_rules! claim_keys {
     () => {
         "INSERT INTO idempotency_keys (agency_id, environment, operation, \
@@ -366,30 +367,117 @@ fn keyed_creates(writes: &[Write]) -> Vec<Keyed<'_>> {
     keyed
 }
 
-/// The arrays that `claim_keys!` binds, in its order.
-struct KeyColumns {
-    agency_id: Vec<String>,
-    environment: Vec<String>,
-    key: Vec<String>,
-    request_hash: Vec<String>,
-    payment_id: Vec<String>,
-    create_time: Vec<i64>,
+/// Adds `value` as the statement's next parameter.
+fn push<'t, T>(args: &mut PgArguments, value: T) -> Result<(), PaymentsError>
+where
+    T: Encode<'t, Postgres> + Type<Postgres>,
+{
+    args.add(value)
+        .map_err(|e| PaymentsError::Storage(sqlx::Error::Encode(e)))
 }
 
-impl KeyColumns {
-    fn of(keyed: &[Keyed<'_>]) -> Self {
-        Self {
-            agency_id: keyed.iter().map(|k| k.0.tenant.agency_id.clone()).collect(),
-            environment: keyed
-                .iter()
-                .map(|k| k.0.tenant.environment.as_str().to_owned())
-                .collect(),
-            key: keyed.iter().map(|k| k.1.to_owned()).collect(),
-            request_hash: keyed.iter().map(|k| k.2.to_owned()).collect(),
-            payment_id: keyed.iter().map(|k| k.0.payment_id.clone()).collect(),
-            create_time: keyed.iter().map(|k| k.0.create_time).collect(),
-        }
+/// One column of `rows`, as an array parameter.
+fn column<R, T>(rows: &[R], field: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(field).collect()
+}
+
+/// Adds the arrays that `claim_keys!` binds, in its order.
+fn push_key_columns(args: &mut PgArguments, keyed: &[Keyed<'_>]) -> Result<(), PaymentsError> {
+    push(args, column(keyed, |k| k.0.tenant.agency_id.clone()))?;
+    push(
+        args,
+        column(keyed, |k| k.0.tenant.environment.as_str().to_owned()),
+    )?;
+    push(args, column(keyed, |k| k.1.to_owned()))?;
+    push(args, column(keyed, |k| k.2.to_owned()))?;
+    push(args, column(keyed, |k| k.0.payment_id.clone()))?;
+    push(args, column(keyed, |k| k.0.create_time))
+}
+
+/// Adds the arrays of new payments' columns (15, in the order of the
+/// `UNNEST` of `group_new_payments!` and `pg_insert_payments`).
+fn push_new_payment_columns(
+    args: &mut PgArguments,
+    creates: &[&Payment],
+) -> Result<(), PaymentsError> {
+    let metadata = creates
+        .iter()
+        .map(|p| metadata_json(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    push(args, column(creates, |p| p.payment_id.clone()))?;
+    push(args, column(creates, |p| p.tenant.agency_id.clone()))?;
+    push(
+        args,
+        column(creates, |p| p.tenant.environment.as_str().to_owned()),
+    )?;
+    push(args, column(creates, |p| p.new.amount.minor))?;
+    push(
+        args,
+        column(creates, |p| p.new.amount.currency.code().to_owned()),
+    )?;
+    push(args, column(creates, |p| p.new.reference.clone()))?;
+    push(args, column(creates, |p| p.new.description.clone()))?;
+    push(args, column(creates, |p| p.new.return_url.clone()))?;
+    push(args, metadata)?;
+    push(
+        args,
+        column(creates, |p| p.new.language.as_str().to_owned()),
+    )?;
+    push(args, column(creates, |p| i64::from(p.new.delayed_capture)))?;
+    push(args, column(creates, |p| p.state.as_str().to_owned()))?;
+    push(args, column(creates, |p| p.page_secret.clone()))?;
+    push(args, column(creates, |p| p.expire_time))?;
+    push(args, column(creates, |p| p.create_time))
+}
+
+/// Adds the arrays of state changes' columns (15, in the order of the
+/// `UNNEST` of `group_changes!` and `PG_CHANGE_ROUND`).
+fn push_change_columns(
+    args: &mut PgArguments,
+    changes: &[ChangeRef<'_>],
+) -> Result<(), PaymentsError> {
+    fn card<'a>(c: &ChangeRef<'a>) -> Option<&'a CardSummary> {
+        c.2.card.as_ref()
     }
+    push(args, column(changes, |c| c.1.to_owned()))?;
+    push(args, column(changes, |c| c.0.agency_id.clone()))?;
+    push(
+        args,
+        column(changes, |c| c.0.environment.as_str().to_owned()),
+    )?;
+    push(args, column(changes, |c| c.2.from.as_str().to_owned()))?;
+    push(args, column(changes, |c| c.2.to.as_str().to_owned()))?;
+    push(
+        args,
+        column(changes, |c| c.2.reason.map(|r| r.as_str().to_owned())),
+    )?;
+    push(args, column(changes, |c| c.2.message.clone()))?;
+    push(args, column(changes, |c| c.2.fee_minor))?;
+    push(
+        args,
+        column(changes, |c| card(c).map(|k| k.brand.as_str().to_owned())),
+    )?;
+    push(
+        args,
+        column(changes, |c| card(c).map(|k| k.first_six.clone())),
+    )?;
+    push(
+        args,
+        column(changes, |c| card(c).map(|k| k.last_four.clone())),
+    )?;
+    push(
+        args,
+        column(changes, |c| card(c).map(|k| i64::from(k.expiry.month))),
+    )?;
+    push(
+        args,
+        column(changes, |c| card(c).map(|k| i64::from(k.expiry.year))),
+    )?;
+    push(
+        args,
+        column(changes, |c| card(c).map(|k| k.cardholder_name.clone())),
+    )?;
+    push(args, column(changes, |c| c.2.now))
 }
 
 /// CTEs `k` (the keys claimed) and `np` (the payments inserted).
@@ -520,14 +608,17 @@ async fn pg_one_statement(
     conn: &mut PgConnection,
     writes: &[Write],
 ) -> Result<Vec<Written>, PaymentsError> {
-    let keys = KeyColumns::of(&keyed_creates(writes));
-    let creates: Vec<(&Payment, bool)> = writes
+    let creates: Vec<&Payment> = writes
         .iter()
         .filter_map(|w| match w {
-            Write::Create {
-                payment,
-                idempotency,
-            } => Some((payment, idempotency.is_some())),
+            Write::Create { payment, .. } => Some(payment),
+            Write::Change { .. } => None,
+        })
+        .collect();
+    let keyed: Vec<bool> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create { idempotency, .. } => Some(idempotency.is_some()),
             Write::Change { .. } => None,
         })
         .collect();
@@ -593,100 +684,37 @@ async fn pg_one_statement(
             }
         }
     }
-    let metadata = creates
-        .iter()
-        .map(|(p, _)| metadata_json(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let ct = |f: &dyn Fn(&Payment) -> String| -> Vec<String> {
-        creates.iter().map(|(p, _)| f(p)).collect()
-    };
-    let ci =
-        |f: &dyn Fn(&Payment) -> i64| -> Vec<i64> { creates.iter().map(|(p, _)| f(p)).collect() };
-    let xt =
-        |f: &dyn Fn(&ChangeRef<'_>) -> String| -> Vec<String> { changes.iter().map(f).collect() };
-    let xot = |f: &dyn Fn(&ChangeRef<'_>) -> Option<String>| -> Vec<Option<String>> {
-        changes.iter().map(f).collect()
-    };
-    let xoi = |f: &dyn Fn(&ChangeRef<'_>) -> Option<i64>| -> Vec<Option<i64>> {
-        changes.iter().map(f).collect()
-    };
+    let mut args = PgArguments::default();
+    push_key_columns(&mut args, &keyed_creates(writes))?;
+    push_new_payment_columns(&mut args, &creates)?;
+    push(&mut args, keyed)?;
+    push(&mut args, column(&events, |e| e.0.to_owned()))?;
+    push(&mut args, column(&events, |e| e.1.clone()))?;
+    push(&mut args, column(&events, |e| e.2.to_owned()))?;
+    push(&mut args, column(&events, |e| e.3))?;
     let query = if changes.is_empty() {
         // Creates only: a smaller statement, with no payment to update.
-        sqlx::query_as(concat!(
-            group_new_payments!(),
-            ", done AS (SELECT * FROM np), ",
-            group_events!(),
-            " SELECT * FROM done"
-        ))
-    } else {
-        sqlx::query_as(PG_GROUP_WITH_CHANGES)
-    };
-    let mut query = query
-        .bind(keys.agency_id)
-        .bind(keys.environment)
-        .bind(keys.key)
-        .bind(keys.request_hash)
-        .bind(keys.payment_id)
-        .bind(keys.create_time)
-        .bind(ct(&|p| p.payment_id.clone()))
-        .bind(ct(&|p| p.tenant.agency_id.clone()))
-        .bind(ct(&|p| p.tenant.environment.as_str().to_owned()))
-        .bind(ci(&|p| p.new.amount.minor))
-        .bind(ct(&|p| p.new.amount.currency.code().to_owned()))
-        .bind(ct(&|p| p.new.reference.clone()))
-        .bind(ct(&|p| p.new.description.clone()))
-        .bind(ct(&|p| p.new.return_url.clone()))
-        .bind(metadata)
-        .bind(ct(&|p| p.new.language.as_str().to_owned()))
-        .bind(ci(&|p| i64::from(p.new.delayed_capture)))
-        .bind(ct(&|p| p.state.as_str().to_owned()))
-        .bind(ct(&|p| p.page_secret.clone()))
-        .bind(ci(&|p| p.expire_time))
-        .bind(ci(&|p| p.create_time))
-        .bind(
-            creates
-                .iter()
-                .map(|(_, keyed)| *keyed)
-                .collect::<Vec<bool>>(),
+        sqlx::query_as_with(
+            concat!(
+                group_new_payments!(),
+                ", done AS (SELECT * FROM np), ",
+                group_events!(),
+                " SELECT * FROM done"
+            ),
+            args,
         )
-        .bind(events.iter().map(|e| e.0.to_owned()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.1.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.2.to_owned()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.3).collect::<Vec<bool>>());
-    if !changes.is_empty() {
-        query = query
-            .bind(xt(&|c| c.1.to_owned()))
-            .bind(xt(&|c| c.0.agency_id.clone()))
-            .bind(xt(&|c| c.0.environment.as_str().to_owned()))
-            .bind(xt(&|c| c.2.from.as_str().to_owned()))
-            .bind(xt(&|c| c.2.to.as_str().to_owned()))
-            .bind(xot(&|c| c.2.reason.map(|r| r.as_str().to_owned())))
-            .bind(xt(&|c| c.2.message.clone()))
-            .bind(xoi(&|c| c.2.fee_minor))
-            .bind(xot(&|c| {
-                c.2.card.as_ref().map(|k| k.brand.as_str().to_owned())
-            }))
-            .bind(xot(&|c| c.2.card.as_ref().map(|k| k.first_six.clone())))
-            .bind(xot(&|c| c.2.card.as_ref().map(|k| k.last_four.clone())))
-            .bind(xoi(&|c| {
-                c.2.card.as_ref().map(|k| i64::from(k.expiry.month))
-            }))
-            .bind(xoi(&|c| {
-                c.2.card.as_ref().map(|k| i64::from(k.expiry.year))
-            }))
-            .bind(xot(&|c| {
-                c.2.card.as_ref().map(|k| k.cardholder_name.clone())
-            }))
-            .bind(changes.iter().map(|c| c.2.now).collect::<Vec<i64>>())
-            .bind(postings.iter().map(|r| r.0.to_owned()).collect::<Vec<_>>())
-            .bind(postings.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
-            .bind(postings.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
-            .bind(postings.iter().map(|r| r.3.to_owned()).collect::<Vec<_>>())
-            .bind(postings.iter().map(|r| r.4.to_owned()).collect::<Vec<_>>())
-            .bind(postings.iter().map(|r| r.5.to_owned()).collect::<Vec<_>>())
-            .bind(postings.iter().map(|r| r.6).collect::<Vec<_>>())
-            .bind(postings.iter().map(|r| r.7).collect::<Vec<_>>());
-    }
+    } else {
+        push_change_columns(&mut args, &changes)?;
+        push(&mut args, column(&postings, |r| r.0.to_owned()))?;
+        push(&mut args, column(&postings, |r| r.1.clone()))?;
+        push(&mut args, column(&postings, |r| r.2.clone()))?;
+        push(&mut args, column(&postings, |r| r.3.to_owned()))?;
+        push(&mut args, column(&postings, |r| r.4.to_owned()))?;
+        push(&mut args, column(&postings, |r| r.5.to_owned()))?;
+        push(&mut args, column(&postings, |r| r.6))?;
+        push(&mut args, column(&postings, |r| r.7))?;
+        sqlx::query_as_with(PG_GROUP_WITH_CHANGES, args)
+    };
     let rows: Vec<PaymentRow> = query.fetch_all(&mut *conn).await?;
     let mut done: HashMap<String, Payment> = rows
         .into_iter()
@@ -777,14 +805,9 @@ async fn pg_claim_keys<'a>(
     if keyed.is_empty() {
         return Ok(free);
     }
-    let keys = KeyColumns::of(&keyed);
-    let claimed: Vec<String> = sqlx::query_scalar(claim_keys!())
-        .bind(keys.agency_id)
-        .bind(keys.environment)
-        .bind(keys.key)
-        .bind(keys.request_hash)
-        .bind(keys.payment_id)
-        .bind(keys.create_time)
+    let mut args = PgArguments::default();
+    push_key_columns(&mut args, &keyed)?;
+    let claimed: Vec<String> = sqlx::query_scalar_with(claim_keys!(), args)
         .fetch_all(&mut *tx)
         .await?;
     let claimed: HashSet<String> = claimed.into_iter().collect();
@@ -803,14 +826,9 @@ async fn pg_insert_payments(
     if creates.is_empty() {
         return Ok(());
     }
-    let text =
-        |f: &dyn Fn(&Payment) -> String| -> Vec<String> { creates.iter().map(|p| f(p)).collect() };
-    let int = |f: &dyn Fn(&Payment) -> i64| -> Vec<i64> { creates.iter().map(|p| f(p)).collect() };
-    let metadata = creates
-        .iter()
-        .map(|p| metadata_json(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    sqlx::query(
+    let mut args = PgArguments::default();
+    push_new_payment_columns(&mut args, creates)?;
+    sqlx::query_with(
         "INSERT INTO payments (payment_id, agency_id, environment, amount_minor, currency, \
          reference, description, return_url, metadata, language, delayed_capture, state, \
          failure_message, refund_submitted_minor, page_secret, expire_time, create_time, \
@@ -820,22 +838,8 @@ async fn pg_insert_payments(
          $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], \
          $13::text[], $14::bigint[], $15::bigint[]) \
          AS c(i, a, e, am, cu, re, de, ru, me, la, dc, st, ps, ex, ct)",
+        args,
     )
-    .bind(text(&|p| p.payment_id.clone()))
-    .bind(text(&|p| p.tenant.agency_id.clone()))
-    .bind(text(&|p| p.tenant.environment.as_str().to_owned()))
-    .bind(int(&|p| p.new.amount.minor))
-    .bind(text(&|p| p.new.amount.currency.code().to_owned()))
-    .bind(text(&|p| p.new.reference.clone()))
-    .bind(text(&|p| p.new.description.clone()))
-    .bind(text(&|p| p.new.return_url.clone()))
-    .bind(metadata)
-    .bind(text(&|p| p.new.language.as_str().to_owned()))
-    .bind(int(&|p| i64::from(p.new.delayed_capture)))
-    .bind(text(&|p| p.state.as_str().to_owned()))
-    .bind(text(&|p| p.page_secret.clone()))
-    .bind(int(&|p| p.expire_time))
-    .bind(int(&|p| p.create_time))
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -880,42 +884,9 @@ async fn pg_change_states(
             Write::Create { .. } => None,
         })
         .collect();
-    let text =
-        |f: &dyn Fn(&ChangeRef<'_>) -> String| -> Vec<String> { changes.iter().map(f).collect() };
-    let opt_text = |f: &dyn Fn(&ChangeRef<'_>) -> Option<String>| -> Vec<Option<String>> {
-        changes.iter().map(f).collect()
-    };
-    let opt_int = |f: &dyn Fn(&ChangeRef<'_>) -> Option<i64>| -> Vec<Option<i64>> {
-        changes.iter().map(f).collect()
-    };
-    let rows: Vec<PaymentRow> = sqlx::query_as(PG_CHANGE_ROUND)
-        .bind(text(&|c| c.1.to_owned()))
-        .bind(text(&|c| c.0.agency_id.clone()))
-        .bind(text(&|c| c.0.environment.as_str().to_owned()))
-        .bind(text(&|c| c.2.from.as_str().to_owned()))
-        .bind(text(&|c| c.2.to.as_str().to_owned()))
-        .bind(opt_text(&|c| c.2.reason.map(|r| r.as_str().to_owned())))
-        .bind(text(&|c| c.2.message.clone()))
-        .bind(opt_int(&|c| c.2.fee_minor))
-        .bind(opt_text(&|c| {
-            c.2.card.as_ref().map(|k| k.brand.as_str().to_owned())
-        }))
-        .bind(opt_text(&|c| {
-            c.2.card.as_ref().map(|k| k.first_six.clone())
-        }))
-        .bind(opt_text(&|c| {
-            c.2.card.as_ref().map(|k| k.last_four.clone())
-        }))
-        .bind(opt_int(&|c| {
-            c.2.card.as_ref().map(|k| i64::from(k.expiry.month))
-        }))
-        .bind(opt_int(&|c| {
-            c.2.card.as_ref().map(|k| i64::from(k.expiry.year))
-        }))
-        .bind(opt_text(&|c| {
-            c.2.card.as_ref().map(|k| k.cardholder_name.clone())
-        }))
-        .bind(changes.iter().map(|c| c.2.now).collect::<Vec<i64>>())
+    let mut args = PgArguments::default();
+    push_change_columns(&mut args, &changes)?;
+    let rows: Vec<PaymentRow> = sqlx::query_as_with(PG_CHANGE_ROUND, args)
         .fetch_all(&mut *tx)
         .await?;
     rows.into_iter()

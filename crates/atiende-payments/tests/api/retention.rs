@@ -357,9 +357,9 @@ pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
     };
     let db = app.payments.database();
     let payment = app.create(&token, payment_request(1_000, "CLP")).await;
-    let change = |from, to, event| Write::Change {
+    let change_of = |payment_id: &str, from, to, event, opened| Write::Change {
         tenant: tenant.clone(),
-        payment_id: payment.payment_id.clone(),
+        payment_id: payment_id.to_owned(),
         change: StateChange {
             from,
             to,
@@ -370,9 +370,10 @@ pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
             fee_minor: None,
             postings: Vec::new(),
             now: now_micros(),
-            opened: None,
+            opened,
         },
     };
+    let change = |from, to, event| change_of(&payment.payment_id, from, to, event, None);
     let written = store::write_group(
         db,
         &[
@@ -422,21 +423,14 @@ pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
     // payment no longer CREATED (skipped) and on a new one (written), in
     // one group.
     let fresh = app.create(&token, payment_request(2_000, "CLP")).await;
-    let open_and_submit = |payment_id: &str| Write::Change {
-        tenant: tenant.clone(),
-        payment_id: payment_id.to_owned(),
-        change: StateChange {
-            from: PaymentState::Created,
-            to: PaymentState::Submitted,
-            event: EventType::PaymentSubmitted,
-            reason: None,
-            message: String::new(),
-            card: None,
-            fee_minor: None,
-            postings: Vec::new(),
-            now: now_micros(),
-            opened: Some(EventType::PaymentStarted),
-        },
+    let open_and_submit = |payment_id: &str| {
+        change_of(
+            payment_id,
+            PaymentState::Created,
+            PaymentState::Submitted,
+            EventType::PaymentSubmitted,
+            Some(EventType::PaymentStarted),
+        )
     };
     let written = store::write_group(
         db,
