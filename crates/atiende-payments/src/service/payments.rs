@@ -209,7 +209,15 @@ impl PaymentsService {
         tenant: &Tenant,
         payment_id: &str,
     ) -> Result<Payment, PaymentsError> {
-        let payment = self.get_payment(tenant, payment_id).await?;
+        let payment = match self.writer.just_written(tenant, payment_id) {
+            // Captured only if the payment is still so when written.
+            Some(payment)
+                if payment.state == PaymentState::Capturable && !payment.void_requested =>
+            {
+                payment
+            }
+            _ => self.get_payment(tenant, payment_id).await?,
+        };
         if payment.state == PaymentState::Success {
             return Ok(payment);
         }
@@ -375,11 +383,20 @@ impl PaymentsService {
         if tenant.environment != Environment::Sandbox {
             return Err(PaymentsError::SandboxOnly);
         }
-        let payment = self.get_payment(tenant, payment_id).await?;
+        let now = now_micros();
+        let payment = match self.writer.just_written(tenant, payment_id) {
+            // Opened only if the payment is still CREATED when written.
+            Some(payment)
+                if payment.state == PaymentState::Created && now < payment.expire_time =>
+            {
+                payment
+            }
+            _ => self.get_payment(tenant, payment_id).await?,
+        };
         // As on the page: once expired, no card is taken (the expiry job
         // may not have run yet).
         if matches!(payment.state, PaymentState::Created | PaymentState::Started)
-            && now_micros() >= payment.expire_time
+            && now >= payment.expire_time
         {
             return Err(PaymentsError::PaymentExpired);
         }

@@ -7,7 +7,13 @@
 //! answered only after the transaction that holds its write commits. If a
 //! group fails, its requests are retried one at a time, so that one bad
 //! write (or a deadlock between two groups) fails only its own request.
+//!
+//! The writer also remembers the payments it has just written
+//! ([`JustWritten`]), so that the next step of a payment this instance
+//! is taking through its lifecycle need not read it back first.
 
+use std::collections::HashMap;
+use std::sync::PoisonError;
 use std::time::Instant;
 
 use tokio::sync::{Mutex, oneshot};
@@ -25,6 +31,7 @@ type Unit = (Write, oneshot::Sender<Result<Written, PaymentsError>>);
 
 pub(crate) struct Writer {
     queue: mpsc::Sender<Unit>,
+    just_written: JustWritten,
 }
 
 impl Writer {
@@ -46,19 +53,102 @@ impl Writer {
                 }
             });
         }
-        Self { queue }
+        Self {
+            queue,
+            just_written: JustWritten::default(),
+        }
     }
 
     /// Queues `write` and waits for its transaction to commit.
     pub(crate) async fn write(&self, write: Write) -> Result<Written, PaymentsError> {
+        let changed = match &write {
+            Write::Change { payment_id, .. } => Some(payment_id.clone()),
+            Write::Create { .. } => None,
+        };
         let (reply, answer) = oneshot::channel();
         self.queue
             .send((write, reply))
             .await
             .map_err(|_| PaymentsError::Storage(sqlx::Error::PoolClosed))?;
-        answer
+        let written = answer
             .await
-            .map_err(|_| PaymentsError::Storage(sqlx::Error::PoolClosed))?
+            .map_err(|_| PaymentsError::Storage(sqlx::Error::PoolClosed))??;
+        match (&written, changed) {
+            (Written::Done(payment), _) => self.just_written.remember(payment),
+            // Not in the state this instance thought: what it remembers is stale.
+            (Written::Skipped, Some(payment_id)) => self.just_written.forget(&payment_id),
+            (Written::Skipped, None) => {}
+        }
+        Ok(written)
+    }
+
+    /// The tenant's payment as this instance last wrote it, if that was
+    /// lately and it was then CREATED or CAPTURABLE (the states whose next
+    /// step is the card step or the capture).
+    ///
+    /// Another instance, or a write that does not go through the writer
+    /// (a void asked), may have changed the payment since. So a copy
+    /// decides only what the write made from it checks again in the
+    /// database: the state it changes from, and for a capture that no void
+    /// was asked ([`store::write_group`]). Anything else is decided on a
+    /// fresh read.
+    pub(crate) fn just_written(&self, tenant: &Tenant, payment_id: &str) -> Option<Payment> {
+        self.just_written.get(tenant, payment_id)
+    }
+}
+
+/// Payments recently written, in two generations of at most
+/// [`JustWritten::GENERATION`] each: when the newer is full, the older is
+/// dropped and the newer takes its place. Bounded, and a payment is kept
+/// for at least one generation's worth of writes.
+#[derive(Default)]
+struct JustWritten {
+    generations: std::sync::Mutex<[HashMap<String, Payment>; 2]>,
+}
+
+impl JustWritten {
+    const GENERATION: usize = 4096;
+
+    fn remember(&self, payment: &Payment) {
+        if !matches!(
+            payment.state,
+            PaymentState::Created | PaymentState::Capturable
+        ) {
+            self.forget(&payment.payment_id);
+            return;
+        }
+        let mut generations = self
+            .generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let [newer, older] = &mut *generations;
+        if newer.len() >= Self::GENERATION {
+            *older = std::mem::take(newer);
+        }
+        older.remove(&payment.payment_id);
+        newer.insert(payment.payment_id.clone(), payment.clone());
+    }
+
+    fn forget(&self, payment_id: &str) {
+        let mut generations = self
+            .generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for generation in generations.iter_mut() {
+            generation.remove(payment_id);
+        }
+    }
+
+    fn get(&self, tenant: &Tenant, payment_id: &str) -> Option<Payment> {
+        let generations = self
+            .generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        generations
+            .iter()
+            .find_map(|generation| generation.get(payment_id))
+            .filter(|payment| payment.tenant == *tenant)
+            .cloned()
     }
 }
 

@@ -66,8 +66,15 @@ pub async fn expiry_job_fails_stale_payments_with_the_expired_code(
     );
 
     // Past its expiry, before the job has run, the sandbox card step is
-    // closed, as the page is.
-    let late = app.create(&token, payment_request(1_000, "CLP")).await;
+    // closed, as the page is. The payment is created by another instance:
+    // an instance takes the card step from a payment as it has just
+    // written it, and this test moves the expiry time in the database
+    // instead of waiting 90 minutes.
+    let late = app
+        .another_instance()
+        .await?
+        .create(&token, payment_request(1_000, "CLP"))
+        .await;
     let db = app.payments.database();
     atiende_platform::on_db!(db, pool => {
         sqlx::query("UPDATE payments SET expire_time = 1 WHERE payment_id = $1")

@@ -56,6 +56,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     page::hosted_page_takes_a_card_and_sends_the_payer_back,
     page::hosted_page_declines_cancels_and_speaks_english,
     retention::cancelling_or_expiring_an_authorised_payment_voids_its_hold,
+    retention::instances_act_on_what_another_instance_changed,
     retention::idempotency_keys_are_kept_a_day_then_pruned,
     retention::cursors_older_than_the_kept_events_are_out_of_range,
     retention::concurrent_webhook_endpoint_creates_never_pass_the_limit,

@@ -136,6 +136,62 @@ pub async fn cancelling_or_expiring_an_authorised_payment_voids_its_hold(
     Ok(())
 }
 
+/// Two instances on one database. Each may start the card step and the
+/// capture from a payment as it has just written it; what the other
+/// instance did to the payment since must still decide.
+pub async fn instances_act_on_what_another_instance_changed(engine: Engine) -> anyhow::Result<()> {
+    let a = TestApp::spawn(engine).await?;
+    let b = a.another_instance().await?;
+    let (_, token) = agency_token(ALL);
+
+    // Created on A, cancelled on B: A takes no card for it.
+    let created = a.create(&token, payment_request(1_000, "CLP")).await;
+    let cancelled = cancel(&b, &token, &created.payment_id).await?;
+    assert_eq!(cancelled.state(), S::Cancelled);
+    let refused = a
+        .simulate(&token, &created.payment_id, VISA_OK)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(a.get(&token, &created.payment_id).await, cancelled);
+
+    // Authorised on A; B is asked to cancel it and its gateway fails the
+    // void: the payment stays CAPTURABLE, and A never captures it.
+    let held = authorised(&a, &token).await;
+    let b_gateway = b.payments.service().sandbox_gateway();
+    b_gateway.set_voids_fail(true);
+    let unavailable = cancel(&b, &token, &held.payment_id).await.unwrap_err();
+    assert_eq!(unavailable.code(), Code::Unavailable);
+    let refused = capture(&a, &token, &held.payment_id).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(a.get(&token, &held.payment_id).await.state(), S::Capturable);
+    b_gateway.set_voids_fail(false);
+
+    // Authorised on A, cancelled on B: A does not capture it.
+    let held = authorised(&a, &token).await;
+    let cancelled = cancel(&b, &token, &held.payment_id).await?;
+    assert_eq!(cancelled.state(), S::Cancelled);
+    let refused = capture(&a, &token, &held.payment_id).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(a.get(&token, &held.payment_id).await, cancelled);
+
+    // Authorised on A, captured on B: A answers the payment as captured,
+    // and nothing is captured twice.
+    let held = authorised(&a, &token).await;
+    let captured = capture(&b, &token, &held.payment_id).await?;
+    assert_eq!(captured.state(), S::Success);
+    let balances = a.balances(&token).await;
+    assert_eq!(capture(&a, &token, &held.payment_id).await?, captured);
+    assert_eq!(a.balances(&token).await, balances);
+    let events = crate::lifecycle::list_events(&a, &token, &held.payment_id).await;
+    let successes = events
+        .iter()
+        .filter(|e| e.r#type() == pb::PaymentEventType::PaymentSucceeded)
+        .count();
+    assert_eq!(successes, 1);
+    Ok(())
+}
+
 pub async fn idempotency_keys_are_kept_a_day_then_pruned(engine: Engine) -> anyhow::Result<()> {
     let app = TestApp::spawn(engine).await?;
     let (_, token) = agency_token(ALL);

@@ -78,6 +78,12 @@ impl TestApp {
         Self::on_database(url).await
     }
 
+    /// A second server on this one's database, as a deployment scaled out
+    /// to two instances runs.
+    pub async fn another_instance(&self) -> anyhow::Result<Self> {
+        Self::on_database(self.database_url.clone()).await
+    }
+
     async fn on_database(url: String) -> anyhow::Result<Self> {
         let db = Database::connect(&url, 8).await?;
         db.migrate(&atiende_payments::store::MIGRATIONS).await?;
