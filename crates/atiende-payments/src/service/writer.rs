@@ -113,16 +113,22 @@ impl JustWritten {
             self.forget(&payment.payment_id);
             return;
         }
+        let copy = payment.clone();
         let mut generations = self
             .generations
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let [newer, older] = &mut *generations;
-        if newer.len() >= Self::GENERATION {
-            *older = std::mem::take(newer);
-        }
-        older.remove(&payment.payment_id);
-        newer.insert(payment.payment_id.clone(), payment.clone());
+        let dropped = if newer.len() >= Self::GENERATION {
+            std::mem::replace(older, std::mem::take(newer))
+        } else {
+            HashMap::new()
+        };
+        older.remove(&copy.payment_id);
+        newer.insert(copy.payment_id.clone(), copy);
+        drop(generations);
+        // Thousands of payments: freed after the lock is let go.
+        drop(dropped);
     }
 
     fn forget(&self, payment_id: &str) {
@@ -201,5 +207,93 @@ fn stamp(writes: &mut [Write], now: i64) {
             Write::Create { payment, .. } => payment.update_time = payment.update_time.max(now),
             Write::Change { change, .. } => change.now = change.now.max(now),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::payment::Language;
+
+    fn payment(n: usize, agency_id: &str, state: PaymentState) -> Payment {
+        Payment {
+            payment_id: format!("pay_{n}"),
+            tenant: Tenant {
+                agency_id: agency_id.to_owned(),
+                environment: Environment::Sandbox,
+            },
+            new: NewPayment {
+                amount: Money::new(Currency::parse("CLP").unwrap(), 1_000),
+                reference: String::new(),
+                description: String::new(),
+                return_url: String::new(),
+                metadata: BTreeMap::new(),
+                language: Language::Es,
+                delayed_capture: true,
+            },
+            state,
+            failure_reason: None,
+            failure_message: String::new(),
+            card: None,
+            refund_submitted_minor: 0,
+            fee_minor: None,
+            page_secret: String::new(),
+            expire_time: 0,
+            create_time: 0,
+            update_time: 0,
+            void_requested: false,
+        }
+    }
+
+    #[test]
+    fn just_written_keeps_the_next_steps_payments_for_their_tenant_only() {
+        let memory = JustWritten::default();
+        let created = payment(1, "agy_a", PaymentState::Created);
+        memory.remember(&created);
+        let tenant = created.tenant.clone();
+        assert_eq!(memory.get(&tenant, "pay_1"), Some(created.clone()));
+        let other = Tenant {
+            agency_id: "agy_b".to_owned(),
+            environment: Environment::Sandbox,
+        };
+        assert_eq!(memory.get(&other, "pay_1"), None);
+        let live = Tenant {
+            environment: Environment::Live,
+            ..tenant.clone()
+        };
+        assert_eq!(memory.get(&live, "pay_1"), None);
+
+        // A state whose next step is neither the card nor the capture:
+        // forgotten, not kept as it was.
+        memory.remember(&payment(1, "agy_a", PaymentState::Submitted));
+        assert_eq!(memory.get(&tenant, "pay_1"), None);
+        let capturable = payment(1, "agy_a", PaymentState::Capturable);
+        memory.remember(&capturable);
+        assert_eq!(memory.get(&tenant, "pay_1"), Some(capturable));
+        memory.forget("pay_1");
+        assert_eq!(memory.get(&tenant, "pay_1"), None);
+    }
+
+    #[test]
+    fn just_written_is_bounded_and_keeps_a_generation_of_the_latest() {
+        let memory = JustWritten::default();
+        let total = 3 * JustWritten::GENERATION + 5;
+        for n in 0..total {
+            memory.remember(&payment(n, "agy_a", PaymentState::Created));
+        }
+        let kept: usize = memory
+            .generations
+            .lock()
+            .unwrap()
+            .iter()
+            .map(HashMap::len)
+            .sum();
+        assert!(kept <= 2 * JustWritten::GENERATION, "{kept}");
+        let tenant = payment(0, "agy_a", PaymentState::Created).tenant;
+        // The latest generation's worth is always there.
+        for n in total - JustWritten::GENERATION..total {
+            assert!(memory.get(&tenant, &format!("pay_{n}")).is_some(), "{n}");
+        }
+        assert_eq!(memory.get(&tenant, "pay_0"), None);
     }
 }
