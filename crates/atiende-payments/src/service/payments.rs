@@ -195,6 +195,10 @@ impl PaymentsService {
                 }
                 .into());
             }
+            // A void was asked meanwhile: no capture will be written.
+            if to == PaymentState::Success && payment.void_requested {
+                return Err(PaymentsError::BeingVoided);
+            }
         }
         Err(IllegalTransition {
             from: payment.state,
@@ -296,6 +300,9 @@ impl PaymentsService {
         payment: Payment,
         void_for: VoidFor,
     ) -> Result<Payment, PaymentsError> {
+        // Written outside the writer: what it remembers of the payment no
+        // longer holds.
+        self.writer.forget(&payment.payment_id);
         let requested = store::request_void(
             &self.db,
             tenant,

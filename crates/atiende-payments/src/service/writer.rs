@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::PoisonError;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Mutex, oneshot};
 
 use super::*;
 use crate::store::{Write, Written};
@@ -41,12 +41,30 @@ impl Writer {
     /// on two cores (docs/performance.md), a second task writing groups
     /// at the same time only split them in two, so that each write cost
     /// more of the database's CPU, which is what runs out first.
+    ///
+    /// Should the task panic (a bug), the requests of its group get an
+    /// error, nothing they asked for having been acknowledged, and a new
+    /// task takes over the queue.
     pub(crate) fn start(db: Database) -> Self {
-        let (queue, mut receiver) = mpsc::channel::<Unit>(GROUP_MAX * 8);
+        let (queue, receiver) = mpsc::channel::<Unit>(GROUP_MAX * 8);
+        let receiver = Arc::new(Mutex::new(receiver));
         tokio::spawn(async move {
-            let mut group = Vec::with_capacity(GROUP_MAX);
-            while receiver.recv_many(&mut group, GROUP_MAX).await > 0 {
-                write(&db, &mut group).await;
+            loop {
+                let (db, receiver) = (db.clone(), receiver.clone());
+                let task = tokio::spawn(async move {
+                    let mut receiver = receiver.lock().await;
+                    let mut group = Vec::with_capacity(GROUP_MAX);
+                    while receiver.recv_many(&mut group, GROUP_MAX).await > 0 {
+                        write(&db, &mut group).await;
+                    }
+                });
+                match task.await {
+                    Err(error) if error.is_panic() => {
+                        tracing::error!("the payments writer stopped on a bug; restarting it");
+                    }
+                    // The queue is closed: the service is stopping.
+                    _ => return,
+                }
             }
         });
         Self {
@@ -85,11 +103,17 @@ impl Writer {
     /// Another instance, or a write that does not go through the writer
     /// (a void asked), may have changed the payment since. So a copy
     /// decides only what the write made from it checks again in the
-    /// database: the state it changes from, and for a capture that no void
-    /// was asked ([`store::write_group`]). Anything else is decided on a
-    /// fresh read.
+    /// database (the state it changes from, and for a capture that no void
+    /// was asked: [`store::write_group`]) and what never changes (amount,
+    /// expiry time). Anything else is decided on a fresh read.
     pub(crate) fn just_written(&self, tenant: &Tenant, payment_id: &str) -> Option<Payment> {
         self.just_written.get(tenant, payment_id)
+    }
+
+    /// Forgets the payment, which is being changed other than through the
+    /// writer.
+    pub(crate) fn forget(&self, payment_id: &str) {
+        self.just_written.forget(payment_id);
     }
 }
 

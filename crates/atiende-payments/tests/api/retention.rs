@@ -164,6 +164,11 @@ pub async fn instances_act_on_what_another_instance_changed(engine: Engine) -> a
     assert_eq!(unavailable.code(), Code::Unavailable);
     let refused = capture(&a, &token, &held.payment_id).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("being cancelled"),
+        "{}",
+        refused.message()
+    );
     assert_eq!(a.get(&token, &held.payment_id).await.state(), S::Capturable);
     b_gateway.set_voids_fail(false);
 
