@@ -3,10 +3,14 @@
 # single-row insert ceiling measured in the same run (docs/performance.md).
 #
 #   scripts/bench-payments.sh            # needs PostgreSQL at 127.0.0.1:5432 (user postgres)
+#   RATE=965 PAYMENTS_BIN=/tmp/old-atiende-payments scripts/bench-payments.sh
 #
 # Builds release binaries, starts atiende-payments on a scratch database,
 # trusting only the bench's test key, runs pgbench and atiende-bench: each
-# scenario at full speed, then paced at half of that.
+# scenario at full speed, then paced at half of that. With RATE, each
+# scenario runs only paced at that rate, without pgbench, on a fresh
+# database: to compare two builds (PAYMENTS_BIN, default the one just
+# built) at one rate, run alternately.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/atiende-target}"
@@ -29,12 +33,16 @@ fresh_db() {
 }
 fresh_db
 "$BIN/atiende-bench" --write-test-jwks "$WORK/jwks.json" > /dev/null
+PAYMENTS_BIN="${PAYMENTS_BIN:-$BIN/atiende-payments}"
+RATE="${RATE:-}"
 
+if [ -z "$RATE" ]; then
 echo "== PostgreSQL ceiling: one single-row INSERT per transaction (pgbench, 16 clients), over TCP then over the Unix socket"
 psql "$PG/$DB" -qc "CREATE TABLE pgbench_rows (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL)"
 echo "INSERT INTO pgbench_rows (payload) VALUES ('pay_0123456789abcdef0123456789abcdef');" > "$WORK/insert.sql"
 pgbench -n -c 16 -j 2 -T "$DURATION" -f "$WORK/insert.sql" "$PG/$DB" 2>/dev/null | grep -E "^tps|latency average"
 pgbench -n -c 16 -j 2 -T "$DURATION" -f "$WORK/insert.sql" -h /var/run/postgresql -U postgres "$DB" 2>/dev/null | grep -E "^tps|latency average"
+fi
 
 start_server() {
   ATIENDE_STORAGE__DATABASE_URL="$SOCKET_URL" \
@@ -47,7 +55,7 @@ start_server() {
   ATIENDE_AUTH__ISSUER=https://identity.test.invalid \
   ATIENDE_AUTH__AUDIENCE=atiende \
   ATIENDE_TELEMETRY__LOG_FILTER=warn \
-    "$BIN/atiende-payments" > "$WORK/server.log" 2>&1 &
+    "$PAYMENTS_BIN" > "$WORK/server.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 100); do
     ok=$("$BIN/atiende-bench" --target http://127.0.0.1:50063 --scenario health --duration 1 --warmup 0 --connections 1 --in-flight 1 2>/dev/null | grep -c "errors 0" || true)
@@ -66,6 +74,10 @@ start_server
 echo "== atiende-payments on PostgreSQL (Unix socket)"
 bench --scenario health
 for scenario in $SCENARIOS; do
+  if [ -n "$RATE" ]; then
+    bench --scenario "$scenario" --rate "$RATE"
+    continue
+  fi
   max=$(bench --scenario "$scenario" | tee /dev/stderr | awk '/ max /{print int($3)}')
   bench --scenario "$scenario" --rate $((max / 2))
 done

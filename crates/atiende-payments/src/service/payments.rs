@@ -85,6 +85,21 @@ impl PaymentsService {
             .ok_or(PaymentsError::PaymentNotFound)
     }
 
+    /// The payment as this instance just wrote it, if `usable` says that
+    /// copy will do (see [`writer::Writer::just_written`] for what it may
+    /// decide); otherwise as the database has it.
+    async fn remembered_or_read(
+        &self,
+        tenant: &Tenant,
+        payment_id: &str,
+        usable: impl FnOnce(&Payment) -> bool,
+    ) -> Result<Payment, PaymentsError> {
+        match self.writer.just_written(tenant, payment_id) {
+            Some(payment) if usable(&payment) => Ok(payment),
+            _ => self.get_payment(tenant, payment_id).await,
+        }
+    }
+
     pub async fn list_payments(
         &self,
         tenant: &Tenant,
@@ -213,15 +228,12 @@ impl PaymentsService {
         tenant: &Tenant,
         payment_id: &str,
     ) -> Result<Payment, PaymentsError> {
-        let payment = match self.writer.just_written(tenant, payment_id) {
-            // Captured only if the payment is still so when written.
-            Some(payment)
-                if payment.state == PaymentState::Capturable && !payment.void_requested =>
-            {
-                payment
-            }
-            _ => self.get_payment(tenant, payment_id).await?,
-        };
+        // Captured only if the payment is still so when written.
+        let payment = self
+            .remembered_or_read(tenant, payment_id, |p| {
+                p.state == PaymentState::Capturable && !p.void_requested
+            })
+            .await?;
         if payment.state == PaymentState::Success {
             return Ok(payment);
         }
@@ -391,15 +403,12 @@ impl PaymentsService {
             return Err(PaymentsError::SandboxOnly);
         }
         let now = now_micros();
-        let payment = match self.writer.just_written(tenant, payment_id) {
-            // Opened only if the payment is still CREATED when written.
-            Some(payment)
-                if payment.state == PaymentState::Created && now < payment.expire_time =>
-            {
-                payment
-            }
-            _ => self.get_payment(tenant, payment_id).await?,
-        };
+        // Opened only if the payment is still CREATED when written.
+        let payment = self
+            .remembered_or_read(tenant, payment_id, |p| {
+                p.state == PaymentState::Created && now < p.expire_time
+            })
+            .await?;
         // As on the page: once expired, no card is taken (the expiry job
         // may not have run yet).
         if matches!(payment.state, PaymentState::Created | PaymentState::Started)
