@@ -79,6 +79,17 @@ pub trait CardGateway: Send + Sync {
     /// for a delayed capture that is cancelled or expires). Must be
     /// idempotent: voiding a voided authorisation answers `Voided`.
     fn void<'a>(&'a self, payment_id: &'a str, amount: Money) -> BoxFuture<'a, VoidOutcome>;
+
+    /// Whether an authorisation touches nothing outside this process, so
+    /// that a process stopping during the call leaves nothing anywhere to
+    /// recover. The card's submission and the answer are then recorded in
+    /// one write. Otherwise (the default, and the only right answer for a
+    /// connector to an acquirer) the submission is recorded before the
+    /// gateway is asked, so that the recovery job can ask it what became
+    /// of an authorisation whose answer was never recorded.
+    fn authorises_in_process(&self) -> bool {
+        false
+    }
 }
 
 /// The documented sandbox test cards and what they do.
@@ -113,10 +124,15 @@ const REFUNDS_FAIL: (&str, &str) = ("400000", "5126");
 /// for the one test card whose refunds fail. Voids succeed (unless
 /// [`SandboxGateway::set_voids_fail`] says otherwise) and are remembered,
 /// so that tests can check that a hold was released.
+///
+/// Its answers are computed in process ([`CardGateway::authorises_in_process`]),
+/// unless [`SandboxGateway::set_as_if_remote`] makes it behave as a
+/// connector to an acquirer would, for the tests of that path.
 #[derive(Debug, Default)]
 pub struct SandboxGateway {
     voided: Mutex<HashSet<String>>,
     voids_fail: AtomicBool,
+    as_if_remote: AtomicBool,
 }
 
 impl SandboxGateway {
@@ -147,6 +163,12 @@ impl SandboxGateway {
     /// provider outage that the recovery of voids is tested with.
     pub fn set_voids_fail(&self, fail: bool) {
         self.voids_fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes the card step treat this gateway as one outside the process
+    /// (`true`): the card's submission is recorded before it is asked.
+    pub fn set_as_if_remote(&self, remote: bool) {
+        self.as_if_remote.store(remote, Ordering::SeqCst);
     }
 }
 
@@ -210,6 +232,10 @@ impl CardGateway for SandboxGateway {
             VoidOutcome::Voided
         };
         Box::pin(async move { outcome })
+    }
+
+    fn authorises_in_process(&self) -> bool {
+        !self.as_if_remote.load(Ordering::SeqCst)
     }
 }
 

@@ -156,29 +156,7 @@ impl PaymentsService {
         card: Option<&CardSummary>,
     ) -> Result<Payment, PaymentsError> {
         for _ in 0..STATE_CHANGE_ATTEMPTS {
-            let event = state::transition(payment.state, to, reason)?;
-            let (fee_minor, postings) = if to == PaymentState::Success {
-                let fee = self
-                    .terms
-                    .for_agency(&tenant.agency_id)
-                    .fees
-                    .fee(payment.amount());
-                (Some(fee.minor), capture_postings(payment.amount(), fee))
-            } else {
-                (None, Vec::new())
-            };
-            let change = StateChange {
-                from: payment.state,
-                to,
-                event,
-                reason,
-                message: message.to_owned(),
-                card: card.cloned(),
-                fee_minor,
-                postings,
-                now: now_micros(),
-                opened: None,
-            };
+            let change = self.change_along(&payment, &[], to, reason, message, card)?;
             let from = change.from;
             let write = Write::Change {
                 tenant: tenant.clone(),
@@ -220,6 +198,49 @@ impl PaymentsService {
             to,
         }
         .into())
+    }
+
+    /// The change of `payment` from its state through `passed` to `to`,
+    /// with the state machine's events (an illegal step is refused) and,
+    /// to SUCCESS, the fee and the ledger postings.
+    fn change_along(
+        &self,
+        payment: &Payment,
+        passed: &[PaymentState],
+        to: PaymentState,
+        reason: Option<FailureReason>,
+        message: &str,
+        card: Option<&CardSummary>,
+    ) -> Result<StateChange, PaymentsError> {
+        let mut at = payment.state;
+        let mut passed_events = Vec::with_capacity(passed.len());
+        for &state in passed {
+            passed_events.push((state, state::transition(at, state, None)?));
+            at = state;
+        }
+        let event = state::transition(at, to, reason)?;
+        let (fee_minor, postings) = if to == PaymentState::Success {
+            let fee = self
+                .terms
+                .for_agency(&payment.tenant.agency_id)
+                .fees
+                .fee(payment.amount());
+            (Some(fee.minor), capture_postings(payment.amount(), fee))
+        } else {
+            (None, Vec::new())
+        };
+        Ok(StateChange {
+            from: payment.state,
+            to,
+            event,
+            reason,
+            message: message.to_owned(),
+            card: card.cloned(),
+            fee_minor,
+            postings,
+            now: now_micros(),
+            passed: passed_events,
+        })
     }
 
     /// Captures a CAPTURABLE payment; a SUCCESS one is returned unchanged.
@@ -422,6 +443,10 @@ impl PaymentsService {
     /// The payer's card step on a payment in CREATED or STARTED: opens
     /// the page if it was not, records the submitted card (what may be
     /// kept of it), asks the environment's gateway and records its answer.
+    ///
+    /// With a gateway that answers in process (the sandbox), all of that
+    /// is one write; otherwise the submission is written before the
+    /// gateway is asked ([`CardGateway::authorises_in_process`]).
     pub(super) async fn card_step(
         &self,
         payment: Payment,
@@ -432,11 +457,37 @@ impl PaymentsService {
         let gateway = self.gateway(tenant.environment)?;
         let summary = card.summary();
         let mut payment = payment;
+        let opening = payment.state == PaymentState::Created;
+        if gateway.authorises_in_process() && (opening || payment.state == PaymentState::Started) {
+            let outcome = gateway
+                .authorise(&payment.payment_id, card, payment.amount())
+                .await;
+            let (to, reason, message) = answered(&payment, outcome);
+            let passed: &[PaymentState] = if opening {
+                &[PaymentState::Started, PaymentState::Submitted]
+            } else {
+                &[PaymentState::Submitted]
+            };
+            let change =
+                self.change_along(&payment, passed, to, reason, message, Some(&summary))?;
+            if let Some(answered) = self.card_write(&payment, change).await? {
+                return Ok(answered);
+            }
+            // Changed meanwhile: step by step from what it now is.
+            payment = self.get_payment(&tenant, &payment.payment_id).await?;
+        }
         let mut submitted = None;
         if payment.state == PaymentState::Created {
-            submitted = self.open_and_submit(&tenant, &payment, &summary).await?;
+            let change = self.change_along(
+                &payment,
+                &[PaymentState::Started],
+                PaymentState::Submitted,
+                None,
+                "",
+                Some(&summary),
+            )?;
+            submitted = self.card_write(&payment, change).await?;
             if submitted.is_none() {
-                // Changed meanwhile: step by step from what it now is.
                 payment = self.get_payment(&tenant, &payment.payment_id).await?;
             }
         }
@@ -465,68 +516,46 @@ impl PaymentsService {
         self.record_authorisation(payment, outcome).await
     }
 
-    /// A CREATED payment opened and its card submitted as one write (one
-    /// row change, two events): one wait for the writer instead of two.
-    /// `None` when the payment was no longer CREATED (nothing was written).
-    async fn open_and_submit(
-        &self,
-        tenant: &Tenant,
-        payment: &Payment,
-        card: &CardSummary,
-    ) -> Result<Option<Payment>, PaymentsError> {
-        let write = Write::Change {
-            tenant: tenant.clone(),
-            payment_id: payment.payment_id.clone(),
-            change: StateChange {
-                from: PaymentState::Created,
-                to: PaymentState::Submitted,
-                event: state::transition(PaymentState::Started, PaymentState::Submitted, None)?,
-                reason: None,
-                message: String::new(),
-                card: Some(card.clone()),
-                fee_minor: None,
-                postings: Vec::new(),
-                now: now_micros(),
-                opened: Some(state::transition(
-                    PaymentState::Created,
-                    PaymentState::Started,
-                    None,
-                )?),
-            },
-        };
-        match self.writer.write(write).await? {
-            Written::Done(submitted) => {
-                self.events_recorded();
-                tracing::info!(payment_id = %submitted.payment_id, "payment opened and card submitted");
-                Ok(Some(submitted))
-            }
-            Written::Skipped => Ok(None),
-        }
-    }
-
     /// Moves a SUBMITTED payment to what the gateway answered.
     async fn record_authorisation(
         &self,
         payment: Payment,
         outcome: Authorisation,
     ) -> Result<Payment, PaymentsError> {
-        let (to, reason, message) = match outcome {
-            Authorisation::Authorised if payment.new.delayed_capture => {
-                (PaymentState::Capturable, None, "")
-            }
-            Authorisation::Authorised => (PaymentState::Success, None, ""),
-            Authorisation::Declined(message) => {
-                (PaymentState::Failed, Some(FailureReason::Rejected), message)
-            }
-            Authorisation::ProviderError(message) => (
-                PaymentState::Error,
-                Some(FailureReason::ProviderError),
-                message,
-            ),
-        };
+        let (to, reason, message) = answered(&payment, outcome);
         let tenant = payment.tenant.clone();
         self.move_to(&tenant, payment, to, reason, message, None)
             .await
+    }
+
+    /// Writes a change of the card step that passes through other states
+    /// (one row change, an event for each state): one wait for the writer
+    /// instead of one per state. `None` when the payment was no longer in
+    /// the state it was read in (nothing was written).
+    async fn card_write(
+        &self,
+        payment: &Payment,
+        change: StateChange,
+    ) -> Result<Option<Payment>, PaymentsError> {
+        let (from, to) = (change.from, change.to);
+        let write = Write::Change {
+            tenant: payment.tenant.clone(),
+            payment_id: payment.payment_id.clone(),
+            change,
+        };
+        match self.writer.write(write).await? {
+            Written::Done(changed) => {
+                self.events_recorded();
+                tracing::info!(
+                    payment_id = %changed.payment_id,
+                    from = from.as_str(),
+                    to = to.as_str(),
+                    "card step recorded"
+                );
+                Ok(Some(changed))
+            }
+            Written::Skipped => Ok(None),
+        }
     }
 
     /// The recovery job for payments: one still SUBMITTED 5 minutes after
@@ -666,4 +695,26 @@ fn payment_request_hash(new: &NewPayment) -> String {
         parts.push(value);
     }
     request_hash(&parts)
+}
+
+/// The state a payment in the card step moves to on the gateway's answer,
+/// with the failure's reason and message.
+fn answered(
+    payment: &Payment,
+    outcome: Authorisation,
+) -> (PaymentState, Option<FailureReason>, &'static str) {
+    match outcome {
+        Authorisation::Authorised if payment.new.delayed_capture => {
+            (PaymentState::Capturable, None, "")
+        }
+        Authorisation::Authorised => (PaymentState::Success, None, ""),
+        Authorisation::Declined(message) => {
+            (PaymentState::Failed, Some(FailureReason::Rejected), message)
+        }
+        Authorisation::ProviderError(message) => (
+            PaymentState::Error,
+            Some(FailureReason::ProviderError),
+            message,
+        ),
+    }
 }

@@ -20,6 +20,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::{Arguments as _, Encode, PgConnection, Postgres, SqliteConnection, Type};
 
 use super::*;
+use crate::domain::state;
 
 /// A change of state, as the state machine allowed it.
 #[derive(Debug, Clone)]
@@ -36,22 +37,49 @@ pub struct StateChange {
     /// Posted in the same transaction.
     pub postings: Vec<Transaction>,
     pub now: i64,
-    /// The payer opened the page in this same step (the card step on a
-    /// CREATED payment): on its way from CREATED to `to` the payment
-    /// passes through STARTED, whose event (this one) is recorded just
-    /// before `event`. One write, so one row change: both events or
-    /// neither.
-    pub opened: Option<EventType>,
+    /// The states the payment passes through on its way from `from` to
+    /// `to` in this one write, each with its event, recorded in this order
+    /// before `event`: STARTED when the card step finds the payment
+    /// CREATED (the payer opened the page in the same step), SUBMITTED
+    /// when the gateway's answer is recorded with the card. One write, so
+    /// one row change: all the events or none.
+    pub passed: Vec<(PaymentState, EventType)>,
 }
 
 impl StateChange {
-    /// The payment as it was in STARTED, for the event of a change that
-    /// `opened` it: nothing of the card yet, nothing else changed (it came
-    /// from CREATED).
-    fn started_view(payment: &Payment) -> Payment {
+    /// Whether the way from `from` through `passed` to `to` is the state
+    /// machine's, with its events, and passes only through the states
+    /// that [`StateChange::passing_view`] knows.
+    fn follows_the_state_machine(&self) -> bool {
+        let mut at = self.from;
+        for &(state, event) in &self.passed {
+            let known = match state {
+                PaymentState::Started => at == PaymentState::Created,
+                PaymentState::Submitted => true,
+                _ => false,
+            };
+            if !known || state::transition(at, state, None).ok() != Some(event) {
+                return false;
+            }
+            at = state;
+        }
+        state::transition(at, self.to, self.reason).ok() == Some(self.event)
+    }
+
+    /// The payment as it was in `state`, passed through on the way to
+    /// what it is now, for that state's event: nothing of the outcome yet
+    /// (no failure, no fee) and, in STARTED, nothing of the card.
+    fn passing_view(payment: &Payment, state: PaymentState) -> Payment {
         Payment {
-            state: PaymentState::Started,
-            card: None,
+            state,
+            failure_reason: None,
+            failure_message: String::new(),
+            fee_minor: None,
+            card: if state == PaymentState::Started {
+                None
+            } else {
+                payment.card.clone()
+            },
             ..payment.clone()
         }
     }
@@ -103,10 +131,9 @@ pub async fn write_group(db: &Database, writes: &[Write]) -> Result<Vec<Written>
             return Err(corrupt("unbalanced ledger transaction"));
         }
         if let Write::Change { change, .. } = write
-            && change.opened.is_some()
-            && change.from != PaymentState::Created
+            && !change.follows_the_state_machine()
         {
-            return Err(corrupt("only a CREATED payment is opened"));
+            return Err(corrupt("a state change off the state machine"));
         }
     }
     match db {
@@ -299,9 +326,9 @@ async fn sqlite_write(tx: &mut SqliteConnection, write: &Write) -> Result<Writte
                 return Ok(Written::Skipped);
             };
             let payment = Payment::try_from(row)?;
-            if let Some(opened) = change.opened {
-                let started = StateChange::started_view(&payment);
-                insert_event!(tx, opened, started, None);
+            for &(state, event) in &change.passed {
+                let view = StateChange::passing_view(&payment, state);
+                insert_event!(tx, event, view, None);
             }
             insert_event!(tx, change.event, payment, None);
             insert_postings!(tx, &change.postings, payment, None, change.now);
@@ -556,11 +583,13 @@ macro_rules! group_events {
          event_type, occur_time, state, failure_reason, failure_message, \
          refund_submitted_minor, fee_minor, has_card) \
          SELECT x.ev, d.agency_id, d.environment, d.payment_id, x.ty, d.update_time, \
-         CASE WHEN x.op THEN 'started' ELSE d.state END, \
-         d.failure_reason, d.failure_message, d.refund_submitted_minor, d.fee_minor, \
-         CASE WHEN x.op OR d.card_brand IS NULL THEN 0 ELSE 1 END \
-         FROM UNNEST($23::text[], $24::text[], $25::text[], $26::bool[]) \
-         WITH ORDINALITY AS x(pid, ev, ty, op, o) \
+         COALESCE(x.st, d.state), \
+         CASE WHEN x.st IS NULL THEN d.failure_reason END, \
+         CASE WHEN x.st IS NULL THEN d.failure_message ELSE '' END, \
+         d.refund_submitted_minor, CASE WHEN x.st IS NULL THEN d.fee_minor END, \
+         CASE WHEN x.st = 'started' OR d.card_brand IS NULL THEN 0 ELSE 1 END \
+         FROM UNNEST($23::text[], $24::text[], $25::text[], $26::text[]) \
+         WITH ORDINALITY AS x(pid, ev, ty, st, o) \
          JOIN done d ON d.payment_id = x.pid ORDER BY x.o \
          RETURNING event_id, agency_id, environment, event_type, occur_time), \
          wh AS (INSERT INTO webhook_deliveries (event_id, webhook_endpoint_id, agency_id, \
@@ -633,33 +662,34 @@ async fn pg_one_statement(
             Write::Create { .. } => None,
         })
         .collect();
-    // (payment, event id, event type, whether it is the STARTED event of
-    // a change that opened the payment) of every write, if it is written.
-    let mut events: Vec<(&str, String, &str, bool)> = Vec::with_capacity(writes.len());
+    // (payment, event id, event type, the state passed through that the
+    // event records, or None for the state written) of every write, if
+    // it is written (see `StateChange::passing_view`).
+    let mut events: Vec<(&str, String, &str, Option<&str>)> = Vec::with_capacity(writes.len());
     for write in writes {
         match write {
             Write::Create { payment, .. } => events.push((
                 payment.payment_id.as_str(),
                 new_id(EVENT_ID_PREFIX),
                 EventType::PaymentCreated.as_str(),
-                false,
+                None,
             )),
             Write::Change {
                 payment_id, change, ..
             } => {
-                if let Some(opened) = change.opened {
+                for &(state, event) in &change.passed {
                     events.push((
                         payment_id.as_str(),
                         new_id(EVENT_ID_PREFIX),
-                        opened.as_str(),
-                        true,
+                        event.as_str(),
+                        Some(state.as_str()),
                     ));
                 }
                 events.push((
                     payment_id.as_str(),
                     new_id(EVENT_ID_PREFIX),
                     change.event.as_str(),
-                    false,
+                    None,
                 ));
             }
         }
@@ -691,7 +721,7 @@ async fn pg_one_statement(
     push(&mut args, column(&events, |e| e.0.to_owned()))?;
     push(&mut args, column(&events, |e| e.1.clone()))?;
     push(&mut args, column(&events, |e| e.2.to_owned()))?;
-    push(&mut args, column(&events, |e| e.3))?;
+    push(&mut args, column(&events, |e| e.3.map(str::to_owned)))?;
     let query = if changes.is_empty() {
         // Creates only: a smaller statement, with no payment to update.
         sqlx::query_as_with(
@@ -915,11 +945,11 @@ async fn pg_insert_events(
                 payment.clone(),
             )),
             Write::Change { change, .. } => {
-                if let Some(opened) = change.opened {
+                for &(state, event) in &change.passed {
                     events.push((
                         new_id(EVENT_ID_PREFIX),
-                        opened,
-                        StateChange::started_view(payment),
+                        event,
+                        StateChange::passing_view(payment, state),
                     ));
                 }
                 events.push((new_id(EVENT_ID_PREFIX), change.event, payment.clone()));

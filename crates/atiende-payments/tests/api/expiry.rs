@@ -214,7 +214,7 @@ pub async fn recovery_job_finishes_payments_interrupted_after_the_card_step(
                 fee_minor: None,
                 postings: Vec::new(),
                 now,
-                opened: None,
+                passed: Vec::new(),
             };
             store::change_state(
                 app.payments.database(),

@@ -412,6 +412,110 @@ pub async fn events_record_every_change_in_order(engine: Engine) -> anyhow::Resu
     Ok(())
 }
 
+/// What an event shows of the payment: (type, state, card kept, failure
+/// reason, fee).
+type Seen = (
+    pb::PaymentEventType,
+    S,
+    bool,
+    pb::PaymentFailureReason,
+    Option<i64>,
+);
+
+pub async fn card_step_records_the_same_events_on_either_gateway_path(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    use pb::PaymentEventType as E;
+    use pb::PaymentFailureReason as R;
+    let app = TestApp::spawn(engine).await?;
+    let (_, token) = agency_token(ALL);
+    let gateway = app.payments.service().sandbox_gateway();
+    let seen = |events: Vec<pb::PaymentEvent>| -> Vec<Seen> {
+        events
+            .iter()
+            .map(|e| {
+                let p = e.payment.as_ref().unwrap();
+                (
+                    e.r#type(),
+                    p.state(),
+                    p.card_details.is_some(),
+                    p.failure_reason(),
+                    p.fee.as_ref().map(|_| minor(&p.fee)),
+                )
+            })
+            .collect()
+    };
+    let opened = [
+        (E::PaymentCreated, S::Created, false, R::Unspecified, None),
+        (E::PaymentStarted, S::Started, false, R::Unspecified, None),
+        (
+            E::PaymentSubmitted,
+            S::Submitted,
+            true,
+            R::Unspecified,
+            None,
+        ),
+    ];
+    let cases: [(&str, bool, Seen); 4] = [
+        (
+            VISA_OK,
+            false,
+            (
+                E::PaymentSucceeded,
+                S::Success,
+                true,
+                R::Unspecified,
+                Some(250),
+            ),
+        ),
+        (
+            VISA_OK,
+            true,
+            (
+                E::PaymentCapturable,
+                S::Capturable,
+                true,
+                R::Unspecified,
+                None,
+            ),
+        ),
+        (
+            DECLINED,
+            false,
+            (E::PaymentFailed, S::Failed, true, R::Rejected, None),
+        ),
+        (
+            PROVIDER_ERROR,
+            false,
+            (E::PaymentErrored, S::Error, true, R::ProviderError, None),
+        ),
+    ];
+    // The sandbox answers in process, so its card step is one write; a
+    // gateway outside the process has the submission written first. The
+    // events, and what each shows, are the same.
+    for as_if_remote in [false, true] {
+        gateway.set_as_if_remote(as_if_remote);
+        for (number, delayed, last) in &cases {
+            let mut request = payment_request(10_000, "CLP");
+            request.delayed_capture = *delayed;
+            let payment = app.create(&token, request).await;
+            let done = app
+                .simulate(&token, &payment.payment_id, number)
+                .await
+                .unwrap();
+            let expected: Vec<Seen> = opened.iter().chain([last]).cloned().collect();
+            assert_eq!(
+                seen(list_events(&app, &token, &payment.payment_id).await),
+                expected,
+                "{number}, remote: {as_if_remote}"
+            );
+            assert_eq!(done.state(), last.1);
+        }
+    }
+    gateway.set_as_if_remote(false);
+    Ok(())
+}
+
 pub async fn simulate_card_submission_is_sandbox_only(engine: Engine) -> anyhow::Result<()> {
     let app = TestApp::spawn(engine).await?;
     let agency = atiende_platform::ids::new_id("agy");

@@ -29,6 +29,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     lifecycle::delayed_capture_waits_for_capture_and_captures_once,
     lifecycle::cancel_releases_unfinished_payments_only,
     lifecycle::events_record_every_change_in_order,
+    lifecycle::card_step_records_the_same_events_on_either_gateway_path,
     lifecycle::simulate_card_submission_is_sandbox_only,
     idempotency::replayed_idempotency_key_returns_original_payment,
     idempotency::idempotency_key_reused_with_different_parameters_is_refused,

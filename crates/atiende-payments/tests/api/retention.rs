@@ -407,7 +407,7 @@ pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
     engine: Engine,
 ) -> anyhow::Result<()> {
     use atiende_payments::domain::payment::Tenant;
-    use atiende_payments::domain::state::{EventType, PaymentState};
+    use atiende_payments::domain::state::{EventType, FailureReason, PaymentState};
     use atiende_payments::store::{self, StateChange, Write, Written};
 
     let app = TestApp::spawn(engine).await?;
@@ -418,23 +418,23 @@ pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
     };
     let db = app.payments.database();
     let payment = app.create(&token, payment_request(1_000, "CLP")).await;
-    let change_of = |payment_id: &str, from, to, event, opened| Write::Change {
+    let change_of = |payment_id: &str, from, to: PaymentState, event, passed| Write::Change {
         tenant: tenant.clone(),
         payment_id: payment_id.to_owned(),
         change: StateChange {
             from,
             to,
             event,
-            reason: None,
+            reason: (to == PaymentState::Cancelled).then_some(FailureReason::CancelledByAgency),
             message: String::new(),
             card: None,
             fee_minor: None,
             postings: Vec::new(),
             now: now_micros(),
-            opened,
+            passed,
         },
     };
-    let change = |from, to, event| change_of(&payment.payment_id, from, to, event, None);
+    let change = |from, to, event| change_of(&payment.payment_id, from, to, event, Vec::new());
     let written = store::write_group(
         db,
         &[
@@ -490,7 +490,7 @@ pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
             PaymentState::Created,
             PaymentState::Submitted,
             EventType::PaymentSubmitted,
-            Some(EventType::PaymentStarted),
+            vec![(PaymentState::Started, EventType::PaymentStarted)],
         )
     };
     let written = store::write_group(
@@ -525,6 +525,34 @@ pub async fn a_group_applies_changes_in_order_and_claims_each_key_once(
         3,
         "nothing recorded for the payment that was no longer CREATED"
     );
+
+    // A way off the state machine is refused whole, before anything is
+    // written: here CREATED straight to SUBMITTED, and STARTED passed
+    // through from STARTED.
+    let other = app.create(&token, payment_request(3_000, "CLP")).await;
+    for off in [
+        change_of(
+            &other.payment_id,
+            PaymentState::Created,
+            PaymentState::Submitted,
+            EventType::PaymentSubmitted,
+            Vec::new(),
+        ),
+        change_of(
+            &other.payment_id,
+            PaymentState::Started,
+            PaymentState::Submitted,
+            EventType::PaymentSubmitted,
+            vec![(PaymentState::Started, EventType::PaymentStarted)],
+        ),
+    ] {
+        assert!(
+            store::write_group(db, &[open_and_submit(&fresh.payment_id), off])
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(app.get(&token, &other.payment_id).await.state(), S::Created);
 
     // Two creates with one key: one is written, the other skipped.
     let service = app.payments.service();
