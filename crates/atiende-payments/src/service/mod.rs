@@ -281,7 +281,7 @@ impl PaymentsService {
             live: None,
             http: webhook::client()?,
             http_live: webhook::live_client()?,
-            writer: writer::Writer::start(db),
+            writer: writer::Writer::start(store::group_database(&db)),
         })
     }
 

@@ -62,7 +62,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     retention::cursors_older_than_the_kept_events_are_out_of_range,
     retention::concurrent_webhook_endpoint_creates_never_pass_the_limit,
     retention::a_group_applies_changes_in_order_and_claims_each_key_once,
-    retention::state_changes_look_payments_up_by_key_on_an_empty_table,
+    retention::state_changes_look_payments_up_by_key_on_a_small_table,
 ];
 
 /// Tests that need Chromium and chromedriver: left out, with the reason
