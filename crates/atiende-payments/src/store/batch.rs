@@ -165,8 +165,8 @@ pub async fn write_group(db: &Database, writes: &[Write]) -> Result<Vec<Written>
 ///
 /// PostgreSQL would otherwise plan the group statement afresh for every
 /// group (its estimate of a generic plan, made without the arrays' sizes,
-/// looks dearer than a plan for the arrays at hand), about 0.6 ms of a
-/// group's ~1.5 ms (docs/performance.md). A generic plan is kept for the
+/// looks dearer than a plan for the arrays at hand), about 0.6 ms where
+/// a whole group takes ~1.2 ms on an idle server (docs/performance.md). A generic plan is kept for the
 /// connection's life, so it must stay right as the tables grow: every
 /// statement of a group finds its rows by key (see `change_condition!`),
 /// and with sequential scans ruled out a plan made while the tables were
@@ -174,21 +174,24 @@ pub async fn write_group(db: &Database, writes: &[Write]) -> Result<Vec<Written>
 pub fn group_database(db: &Database) -> Database {
     match db {
         Database::Sqlite(_) => db.clone(),
-        Database::Postgres(pool) => {
-            let options = (*pool.connect_options()).clone().options([
-                ("plan_cache_mode", "force_generic_plan"),
-                ("enable_seqscan", "off"),
-            ]);
-            Database::Postgres(
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(std::time::Duration::from_secs(10))
-                    // As the service's pool (`atiende_platform::storage`).
-                    .test_before_acquire(false)
-                    .connect_lazy_with(options),
-            )
-        }
+        Database::Postgres(pool) => Database::Postgres(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(std::time::Duration::from_secs(10))
+                // As the service's pool (`atiende_platform::storage`).
+                .test_before_acquire(false)
+                .connect_lazy_with(group_connect_options(pool)),
+        ),
     }
+}
+
+/// How the writer's connections connect: as `pool`'s, with the session
+/// settings that `group_database` explains.
+fn group_connect_options(pool: &sqlx::PgPool) -> sqlx::postgres::PgConnectOptions {
+    (*pool.connect_options()).clone().options([
+        ("plan_cache_mode", "force_generic_plan"),
+        ("enable_seqscan", "off"),
+    ])
 }
 
 /// The plans of the statements that apply state changes, as the writer's
@@ -213,12 +216,11 @@ pub async fn change_plans(db: &Database) -> Result<Vec<String>, PaymentsError> {
                     .join("\n"),
             ])
         }
-        Database::Postgres(_) => {
-            // A connection as the writer's (`group_database`), closed after.
-            let Database::Postgres(pool) = group_database(db) else {
-                return Err(corrupt("the group database changed engine"));
-            };
-            let mut conn = pool.acquire().await?.detach();
+        Database::Postgres(pool) => {
+            // A connection as the writer's, of its own and closed after.
+            let mut conn =
+                <PgConnection as sqlx::Connection>::connect_with(&group_connect_options(pool))
+                    .await?;
             let mut plans = Vec::new();
             for (text, params) in [(PG_GROUP_WITH_CHANGES, 49), (PG_CHANGE_ROUND, 15)] {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -244,6 +246,7 @@ pub async fn change_plans(db: &Database) -> Result<Vec<String>, PaymentsError> {
                         .join("\n"),
                 );
             }
+            sqlx::Connection::close(conn).await?;
             Ok(plans)
         }
     }
