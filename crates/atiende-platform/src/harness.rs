@@ -3,10 +3,14 @@
 //!
 //! Without a reachable PostgreSQL the PostgreSQL runs are reported as
 //! *ignored*, with the reason printed; under CI (`CI` set) they run, and
-//! fail. Scratch databases are named `<prefix>_<random>`; those left by
-//! earlier runs are dropped when the binary starts.
+//! fail. Scratch databases are named `<prefix>_<random>`. A test that
+//! passes leaves nothing behind: the databases and SQLite directories it
+//! made are removed. Those of a failed test stay for inspection, until the
+//! binary next starts and drops them.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
 
@@ -32,8 +36,10 @@ impl Engine {
     }
 
     /// A fresh database for one test: a SQLite file in `dir`, or a scratch
-    /// PostgreSQL database named after `prefix`.
+    /// PostgreSQL database named after `prefix`. Removed, with `dir`, when
+    /// the test passes.
     pub async fn database_url(self, prefix: &str, dir: &std::path::Path) -> anyhow::Result<String> {
+        let _ = SCRATCH.try_with(|scratch| scratch.borrow_mut().dirs.push(dir.to_owned()));
         match self {
             Self::Sqlite => {
                 std::fs::create_dir_all(dir)?;
@@ -42,9 +48,24 @@ impl Engine {
                     dir.join(format!("{prefix}.db")).display()
                 ))
             }
-            Self::Postgres => Ok(testing::create_scratch_postgres(prefix).await?),
+            Self::Postgres => {
+                let (url, name) = testing::create_scratch_postgres(prefix).await?;
+                let _ = SCRATCH.try_with(|scratch| scratch.borrow_mut().databases.push(name));
+                Ok(url)
+            }
         }
     }
+}
+
+/// What one test made that outlives its process unless removed.
+#[derive(Default)]
+struct Scratch {
+    databases: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+tokio::task_local! {
+    static SCRATCH: RefCell<Scratch>;
 }
 
 /// Registers test functions by path: `tests![module::name, ...]`.
@@ -120,7 +141,22 @@ fn run(engine: Engine, test: TestFn) -> Result<(), libtest_mimic::Failed> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime
-        .block_on(test(engine))
-        .map_err(|e| format!("{e:#}").into())
+    runtime.block_on(async {
+        let (outcome, scratch) = SCRATCH
+            .scope(RefCell::new(Scratch::default()), async {
+                let outcome = test(engine).await;
+                (outcome, SCRATCH.with(RefCell::take))
+            })
+            .await;
+        outcome.map_err(|e| format!("{e:#}"))?;
+        for name in scratch.databases {
+            testing::drop_scratch_database(&name)
+                .await
+                .map_err(|e| format!("dropping the scratch database: {e}"))?;
+        }
+        for dir in scratch.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(())
+    })
 }

@@ -205,26 +205,36 @@ pub mod testing {
         }
     }
 
-    /// Creates an empty database named `<prefix>_<random>` and returns its URL.
-    pub async fn create_scratch_postgres(prefix: &str) -> Result<String, sqlx::Error> {
+    /// Creates an empty database named `<prefix>_<random>` and returns its
+    /// URL and name.
+    pub async fn create_scratch_postgres(prefix: &str) -> Result<(String, String), sqlx::Error> {
         let admin_url = postgres_admin_url();
-        let options = PgConnectOptions::from_str(&admin_url)?;
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        administer(&format!("CREATE DATABASE \"{name}\"")).await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin_url);
+        Ok((format!("{base}/{name}"), name))
+    }
+
+    /// Drops one scratch database, closing the sessions still on it.
+    pub async fn drop_scratch_database(name: &str) -> Result<(), sqlx::Error> {
+        administer(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await
+    }
+
+    async fn administer(statement: &str) -> Result<(), sqlx::Error> {
+        let options = PgConnectOptions::from_str(&postgres_admin_url())?;
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
-        let statement = format!("CREATE DATABASE \"{name}\"");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+        let done = sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
             .execute(&admin)
-            .await?;
+            .await;
         admin.close().await;
-        let base = admin_url
-            .rsplit_once('/')
-            .map(|(base, _)| base)
-            .unwrap_or(&admin_url);
-        Ok(format!("{base}/{name}"))
+        done.map(drop)
     }
 
     /// Drops databases left behind by earlier runs whose name starts with
@@ -240,13 +250,10 @@ pub mod testing {
                 .bind(format!("{prefix}\\_%"))
                 .fetch_all(&admin)
                 .await?;
-        for name in names {
-            let statement = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-                .execute(&admin)
-                .await?;
-        }
         admin.close().await;
+        for name in names {
+            drop_scratch_database(&name).await?;
+        }
         Ok(())
     }
 }
