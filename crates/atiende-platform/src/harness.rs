@@ -5,8 +5,8 @@
 //! *ignored*, with the reason printed; under CI (`CI` set) they run, and
 //! fail. Scratch databases are named `<prefix>_<random>`. A test that
 //! passes leaves nothing behind: the databases and SQLite directories it
-//! made are removed. Those of a failed test stay for inspection, until the
-//! binary next starts and drops them.
+//! made are removed. Those of a failed test stay for inspection; its
+//! databases are dropped when the binary next starts.
 
 use std::cell::RefCell;
 use std::future::Future;
