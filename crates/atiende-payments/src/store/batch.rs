@@ -166,11 +166,12 @@ pub async fn write_group(db: &Database, writes: &[Write]) -> Result<Vec<Written>
 /// PostgreSQL would otherwise plan the group statement afresh for every
 /// group (its estimate of a generic plan, made without the arrays' sizes,
 /// looks dearer than a plan for the arrays at hand), about 0.6 ms where
-/// a whole group takes ~1.2 ms on an idle server (docs/performance.md). A generic plan is kept for the
-/// connection's life, so it must stay right as the tables grow: every
-/// statement of a group finds its rows by key (see `change_condition!`),
-/// and with sequential scans ruled out a plan made while the tables were
-/// small cannot scan them later. On SQLite, the same database.
+/// a whole group takes ~1.2 ms on an idle server (docs/performance.md). A
+/// generic plan is kept for the connection's life, so it must stay right
+/// as the tables grow: every statement of a group finds its rows by key
+/// (see `change_condition!`), and with sequential scans ruled out a plan
+/// made while the tables were small cannot scan them later. On SQLite,
+/// the same database.
 pub fn group_database(db: &Database) -> Database {
     match db {
         Database::Sqlite(_) => db.clone(),
@@ -997,12 +998,6 @@ async fn pg_insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    let text = |f: &dyn Fn(&(String, EventType, Payment)) -> String| -> Vec<String> {
-        events.iter().map(f).collect()
-    };
-    let int = |f: &dyn Fn(&(String, EventType, Payment)) -> i64| -> Vec<i64> {
-        events.iter().map(f).collect()
-    };
     sqlx::query(
         "INSERT INTO payment_events (event_id, agency_id, environment, payment_id, event_type, \
          occur_time, state, failure_reason, failure_message, refund_submitted_minor, fee_minor, \
@@ -1011,28 +1006,22 @@ async fn pg_insert_events(
          $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], \
          $12::bigint[])",
     )
-    .bind(text(&|e| e.0.clone()))
-    .bind(text(&|e| e.2.tenant.agency_id.clone()))
-    .bind(text(&|e| e.2.tenant.environment.as_str().to_owned()))
-    .bind(text(&|e| e.2.payment_id.clone()))
-    .bind(text(&|e| e.1.as_str().to_owned()))
-    .bind(int(&|e| e.2.update_time))
-    .bind(text(&|e| e.2.state.as_str().to_owned()))
-    .bind(
-        events
-            .iter()
-            .map(|e| e.2.failure_reason.map(|r| r.as_str().to_owned()))
-            .collect::<Vec<Option<String>>>(),
-    )
-    .bind(text(&|e| e.2.failure_message.clone()))
-    .bind(int(&|e| e.2.refund_submitted_minor))
-    .bind(
-        events
-            .iter()
-            .map(|e| e.2.fee_minor)
-            .collect::<Vec<Option<i64>>>(),
-    )
-    .bind(int(&|e| i64::from(e.2.card.is_some())))
+    .bind(column(&events, |e| e.0.clone()))
+    .bind(column(&events, |e| e.2.tenant.agency_id.clone()))
+    .bind(column(&events, |e| {
+        e.2.tenant.environment.as_str().to_owned()
+    }))
+    .bind(column(&events, |e| e.2.payment_id.clone()))
+    .bind(column(&events, |e| e.1.as_str().to_owned()))
+    .bind(column(&events, |e| e.2.update_time))
+    .bind(column(&events, |e| e.2.state.as_str().to_owned()))
+    .bind(column(&events, |e| {
+        e.2.failure_reason.map(|r| r.as_str().to_owned())
+    }))
+    .bind(column(&events, |e| e.2.failure_message.clone()))
+    .bind(column(&events, |e| e.2.refund_submitted_minor))
+    .bind(column(&events, |e| e.2.fee_minor))
+    .bind(column(&events, |e| i64::from(e.2.card.is_some())))
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -1043,11 +1032,11 @@ async fn pg_insert_events(
          AS c(i, a, e, t, n) JOIN webhook_endpoints w ON w.agency_id = c.a \
          AND w.environment = c.e AND (w.event_types = '' OR w.event_types LIKE '%,' || c.t || ',%')",
     )
-    .bind(text(&|e| e.0.clone()))
-    .bind(text(&|e| e.2.tenant.agency_id.clone()))
-    .bind(text(&|e| e.2.tenant.environment.as_str().to_owned()))
-    .bind(text(&|e| e.1.as_str().to_owned()))
-    .bind(int(&|e| e.2.update_time))
+    .bind(column(&events, |e| e.0.clone()))
+    .bind(column(&events, |e| e.2.tenant.agency_id.clone()))
+    .bind(column(&events, |e| e.2.tenant.environment.as_str().to_owned()))
+    .bind(column(&events, |e| e.1.as_str().to_owned()))
+    .bind(column(&events, |e| e.2.update_time))
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -1100,28 +1089,18 @@ async fn pg_insert_postings(
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
          $6::text[], $7::text[], $8::bigint[], $9::text[], $10::bigint[])",
     )
-    .bind(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.2.tenant.agency_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.2.tenant.environment.as_str().to_owned())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.3.to_owned()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.4.to_owned()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.5.to_owned()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.6).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.2.payment_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.7).collect::<Vec<_>>())
+    .bind(column(&rows, |r| r.0.clone()))
+    .bind(column(&rows, |r| r.1.clone()))
+    .bind(column(&rows, |r| r.2.tenant.agency_id.clone()))
+    .bind(column(&rows, |r| {
+        r.2.tenant.environment.as_str().to_owned()
+    }))
+    .bind(column(&rows, |r| r.3.to_owned()))
+    .bind(column(&rows, |r| r.4.to_owned()))
+    .bind(column(&rows, |r| r.5.to_owned()))
+    .bind(column(&rows, |r| r.6))
+    .bind(column(&rows, |r| r.2.payment_id.clone()))
+    .bind(column(&rows, |r| r.7))
     .execute(&mut *tx)
     .await?;
     Ok(())
