@@ -16,7 +16,8 @@
 //! - `payments.create`: `PaymentService/CreatePayment` (sandbox);
 //! - `payments.lifecycle`: create (delayed capture) → the sandbox card step
 //!   (`SimulateCardSubmission`) → `CapturePayment` → `ListPaymentEvents`
-//!   shows the capture, as one timed unit.
+//!   shows the capture, as one timed unit; below its line, each step's
+//!   p50 and p99, timed from the end of the step before.
 //!
 //! - `identity.password-login`, `identity.code-exchange`,
 //!   `identity.argon2-raw`: the citizen sign-in over the HTTP login pages
@@ -184,7 +185,9 @@ impl Scenario {
             Self::PasswordLogin(login) => login.password_login().await?,
             Self::CodeExchange(login) => login.code_exchange().await?,
             Self::PaymentLifecycle { token } => {
+                let mut step = LifecycleStep::start();
                 let payment_id = create_payment(channel, token, true).await?;
+                step.done(0);
                 let mut client =
                     payments::payment_service_client::PaymentServiceClient::new(channel.clone());
                 let mut request = tonic::Request::new(payments::SimulateCardSubmissionRequest {
@@ -197,11 +200,13 @@ impl Scenario {
                 });
                 bearer(&mut request, token)?;
                 client.simulate_card_submission(request).await?;
+                step.done(1);
                 let mut request = tonic::Request::new(payments::CapturePaymentRequest {
                     payment_id: payment_id.clone(),
                 });
                 bearer(&mut request, token)?;
                 client.capture_payment(request).await?;
+                step.done(2);
                 let mut request = tonic::Request::new(payments::ListPaymentEventsRequest {
                     payment_id,
                     page_size: 50,
@@ -213,6 +218,7 @@ impl Scenario {
                     .await?
                     .into_inner()
                     .events;
+                step.done(3);
                 let captured = events
                     .iter()
                     .any(|e| e.r#type() == payments::PaymentEventType::PaymentSucceeded);
@@ -289,6 +295,63 @@ async fn create_payment(
         .payment
         .ok_or_else(|| tonic::Status::internal("no payment in the answer"))?;
     Ok(payment.payment_id)
+}
+
+/// The lifecycle's steps, timed one by one while a run is measured.
+const LIFECYCLE_STEPS: [&str; 4] = [
+    "CreatePayment",
+    "SimulateCardSubmission",
+    "CapturePayment",
+    "ListPaymentEvents",
+];
+
+static STEPS_MEASURED: AtomicBool = AtomicBool::new(false);
+
+static STEP_LATENCIES: std::sync::Mutex<Vec<Histogram<u64>>> = std::sync::Mutex::new(Vec::new());
+
+/// Times the steps of one lifecycle, each from the end of the one before.
+struct LifecycleStep(Instant);
+
+impl LifecycleStep {
+    fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    fn done(&mut self, step: usize) {
+        let now = Instant::now();
+        if STEPS_MEASURED.load(Ordering::Relaxed) {
+            let micros = u64::try_from((now - self.0).as_micros()).unwrap_or(u64::MAX);
+            let mut latencies = STEP_LATENCIES
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if latencies.is_empty() {
+                latencies.extend(
+                    LIFECYCLE_STEPS
+                        .iter()
+                        .filter_map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).ok()),
+                );
+            }
+            if let Some(histogram) = latencies.get_mut(step) {
+                histogram.saturating_record(micros.max(1));
+            }
+        }
+        self.0 = now;
+    }
+
+    /// Prints each step's p50 and p99 of the run just measured, and forgets them.
+    fn report() {
+        let mut latencies = STEP_LATENCIES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, histogram) in LIFECYCLE_STEPS.iter().zip(latencies.iter()) {
+            println!(
+                "  step {name:<24} p50 {:>6.2} ms  p99 {:>6.2} ms",
+                histogram.value_at_quantile(0.5) as f64 / 1000.0,
+                histogram.value_at_quantile(0.99) as f64 / 1000.0,
+            );
+        }
+        latencies.clear();
+    }
 }
 
 static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -468,9 +531,11 @@ async fn run(
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     measuring.store(true, Ordering::Relaxed);
+    STEPS_MEASURED.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     measuring.store(false, Ordering::Relaxed);
+    STEPS_MEASURED.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
 
@@ -713,6 +778,7 @@ async fn main() -> anyhow::Result<()> {
     for scenario in &scenarios {
         let report = run(&args, &channels, scenario, args.rate).await?;
         report.print(if args.rate > 0 { "paced" } else { "max" });
+        LifecycleStep::report();
         if let (
             Some(sink),
             Scenario::SendEmail {
@@ -742,6 +808,7 @@ async fn main() -> anyhow::Result<()> {
             let half = (rate / 2.0) as u64;
             let report = run(&args, &channels, scenario, half.max(1)).await?;
             report.print(&format!("@{half}/s"));
+            LifecycleStep::report();
         }
     }
     Ok(())
