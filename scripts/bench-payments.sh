@@ -78,6 +78,10 @@ for scenario in $SCENARIOS; do
     bench --scenario "$scenario" --rate "$RATE"
     continue
   fi
-  max=$(bench --scenario "$scenario" | tee /dev/stderr | awk '/ max /{print int($3)}')
+  # Printed from a variable, not with `tee /dev/stderr`: tee reopens the
+  # file that stderr is redirected to and truncates it.
+  report=$(bench --scenario "$scenario")
+  echo "$report"
+  max=$(echo "$report" | awk '/ max /{print int($3)}')
   bench --scenario "$scenario" --rate $((max / 2))
 done
