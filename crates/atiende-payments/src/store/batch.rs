@@ -614,11 +614,27 @@ macro_rules! group_changes {
     };
 }
 
+/// The deliveries that the events in CTE `ev` (returning `event_id`,
+/// `sequence`, `agency_id`, `environment`, `event_type`, `occur_time`) owe
+/// to the tenant's webhook endpoints.
+macro_rules! webhook_deliveries_of_ev {
+    () => {
+        "INSERT INTO webhook_deliveries (event_id, event_sequence, webhook_endpoint_id, \
+         agency_id, environment, state, attempts, next_attempt_time, last_response, \
+         create_time, update_time) SELECT ev.event_id, ev.sequence, w.webhook_endpoint_id, \
+         w.agency_id, w.environment, 'pending', 0, ev.occur_time, '', ev.occur_time, \
+         ev.occur_time FROM ev JOIN webhook_endpoints w ON w.agency_id = ev.agency_id \
+         AND w.environment = ev.environment \
+         AND (w.event_types = '' OR w.event_types LIKE '%,' || ev.event_type || ',%')"
+    };
+}
+
 /// CTEs `ev` (the events of the payments in `done`, in the group's order)
 /// and `wh` (the deliveries they owe to webhook endpoints).
 macro_rules! group_events {
     () => {
-        "ev AS (INSERT INTO payment_events (event_id, agency_id, environment, payment_id, \
+        concat!(
+            "ev AS (INSERT INTO payment_events (event_id, agency_id, environment, payment_id, \
          event_type, occur_time, state, failure_reason, failure_message, \
          refund_submitted_minor, fee_minor, has_card) \
          SELECT x.ev, d.agency_id, d.environment, d.payment_id, x.ty, d.update_time, \
@@ -630,14 +646,11 @@ macro_rules! group_events {
          FROM UNNEST($23::text[], $24::text[], $25::text[], $26::text[]) \
          WITH ORDINALITY AS x(pid, ev, ty, st, o) \
          JOIN done d ON d.payment_id = x.pid ORDER BY x.o \
-         RETURNING event_id, agency_id, environment, event_type, occur_time), \
-         wh AS (INSERT INTO webhook_deliveries (event_id, webhook_endpoint_id, agency_id, \
-         environment, state, attempts, next_attempt_time, last_response, create_time, \
-         update_time) SELECT ev.event_id, w.webhook_endpoint_id, w.agency_id, w.environment, \
-         'pending', 0, ev.occur_time, '', ev.occur_time, ev.occur_time FROM ev \
-         JOIN webhook_endpoints w ON w.agency_id = ev.agency_id \
-         AND w.environment = ev.environment \
-         AND (w.event_types = '' OR w.event_types LIKE '%,' || ev.event_type || ',%'))"
+         RETURNING event_id, sequence, agency_id, environment, event_type, occur_time), \
+         wh AS (",
+            webhook_deliveries_of_ev!(),
+            ")"
+        )
     };
 }
 
@@ -668,7 +681,7 @@ const PG_GROUP_WITH_CHANGES: &str = concat!(
 /// The whole group as one PostgreSQL statement of data-modifying CTEs
 /// (keys, new payments, state changes, their events, webhook deliveries
 /// and ledger postings), committed on its own, with no BEGIN or COMMIT,
-/// where the transaction path needs seven statements: one round trip, of a
+/// where the transaction path needs six statements: one round trip, of a
 /// statement prepared once per connection (see `change_condition!` for
 /// why its cached plan stays right as the tables grow). Only when each
 /// payment is changed at most once.
@@ -805,8 +818,9 @@ async fn pg_one_statement(
 }
 
 /// The PostgreSQL group: keys, new payments, state changes (in rounds in
-/// which each payment appears once, in arrival order), then the events,
-/// their webhook deliveries and the ledger postings, each one statement.
+/// which each payment appears once, in arrival order), then the events
+/// with their webhook deliveries, and the ledger postings, each one
+/// statement.
 async fn pg_group(tx: &mut PgConnection, writes: &[Write]) -> Result<Vec<Written>, PaymentsError> {
     let mut written: Vec<Option<Payment>> = writes.iter().map(|_| None).collect();
     let claimed = pg_claim_keys(tx, writes).await?;
@@ -998,14 +1012,17 @@ async fn pg_insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO payment_events (event_id, agency_id, environment, payment_id, event_type, \
-         occur_time, state, failure_reason, failure_message, refund_submitted_minor, fee_minor, \
-         has_card) \
+    // The events and the deliveries they owe, in one statement.
+    sqlx::query(concat!(
+        "WITH ev AS (INSERT INTO payment_events (event_id, agency_id, environment, payment_id, \
+         event_type, occur_time, state, failure_reason, failure_message, \
+         refund_submitted_minor, fee_minor, has_card) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
          $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], \
-         $12::bigint[])",
-    )
+         $12::bigint[]) \
+         RETURNING event_id, sequence, agency_id, environment, event_type, occur_time) ",
+        webhook_deliveries_of_ev!()
+    ))
     .bind(column(&events, |e| e.0.clone()))
     .bind(column(&events, |e| e.2.tenant.agency_id.clone()))
     .bind(column(&events, |e| {
@@ -1022,21 +1039,6 @@ async fn pg_insert_events(
     .bind(column(&events, |e| e.2.refund_submitted_minor))
     .bind(column(&events, |e| e.2.fee_minor))
     .bind(column(&events, |e| i64::from(e.2.card.is_some())))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (event_id, webhook_endpoint_id, agency_id, environment, \
-         state, attempts, next_attempt_time, last_response, create_time, update_time) \
-         SELECT c.i, w.webhook_endpoint_id, w.agency_id, w.environment, 'pending', 0, c.n, '', \
-         c.n, c.n FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
-         AS c(i, a, e, t, n) JOIN webhook_endpoints w ON w.agency_id = c.a \
-         AND w.environment = c.e AND (w.event_types = '' OR w.event_types LIKE '%,' || c.t || ',%')",
-    )
-    .bind(column(&events, |e| e.0.clone()))
-    .bind(column(&events, |e| e.2.tenant.agency_id.clone()))
-    .bind(column(&events, |e| e.2.tenant.environment.as_str().to_owned()))
-    .bind(column(&events, |e| e.1.as_str().to_owned()))
-    .bind(column(&events, |e| e.2.update_time))
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -121,16 +121,27 @@ pub async fn events_pruned_through(db: &Database) -> Result<i64, PaymentsError> 
         .map(|v| v.unwrap_or(0))
 }
 
-/// Deletes the events recorded before `occurred_before`, and the webhook
-/// deliveries of that time (they end within 3 days: retention is longer),
-/// raising the pruned-through mark first. Returns how many events.
+/// Deletes the events recorded before `occurred_before`, oldest first in
+/// recording order, up to the first event still within the retention, and
+/// the webhook deliveries of that time (they end within 3 days: retention
+/// is longer), raising the pruned-through mark first. Returns how many
+/// events.
+///
+/// The oldest events are found by walking the primary key from its start,
+/// which holds only what is left to prune, until the first event that is
+/// kept. An event recorded out of time order (a later sequence with an
+/// earlier time, from another instance's clock) waits until the events
+/// before it are old enough too: retention is a minimum.
 pub async fn prune_events(db: &Database, occurred_before: i64) -> Result<u64, PaymentsError> {
     let pruned = on_db!(db, pool => {
         let mut tx = pool.begin().await?;
         sqlx::query(
             "INSERT INTO payments_service (key, value) \
-             SELECT 'events_pruned_through', CAST(m AS TEXT) FROM (SELECT MAX(sequence) AS m \
-             FROM payment_events WHERE occur_time < $1) AS pruned WHERE m IS NOT NULL \
+             SELECT 'events_pruned_through', CAST(m AS TEXT) FROM (SELECT COALESCE(\
+             (SELECT sequence FROM payment_events WHERE occur_time >= $1 \
+              ORDER BY sequence LIMIT 1) - 1, \
+             (SELECT MAX(sequence) FROM payment_events)) AS m) AS pruned \
+             WHERE m IS NOT NULL \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value \
              WHERE CAST(payments_service.value AS BIGINT) < CAST(excluded.value AS BIGINT)",
         )
@@ -138,8 +149,9 @@ pub async fn prune_events(db: &Database, occurred_before: i64) -> Result<u64, Pa
         .execute(&mut *tx)
         .await?;
         let pruned = sqlx::query(
-            "DELETE FROM payment_events WHERE occur_time < $1 AND sequence <= (SELECT \
-             CAST(value AS BIGINT) FROM payments_service WHERE key = 'events_pruned_through')",
+            "DELETE FROM payment_events WHERE sequence <= (SELECT \
+             CAST(value AS BIGINT) FROM payments_service WHERE key = 'events_pruned_through') \
+             AND occur_time < $1",
         )
         .bind(occurred_before)
         .execute(&mut *tx)

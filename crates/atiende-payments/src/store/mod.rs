@@ -50,6 +50,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "retention and voids",
             include_str!("../../migrations/sqlite/0004_retention_and_voids.sql"),
         ),
+        (
+            5,
+            "fewer event indexes",
+            include_str!("../../migrations/sqlite/0005_fewer_event_indexes.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -71,6 +76,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             4,
             "retention and voids",
             include_str!("../../migrations/postgres/0004_retention_and_voids.sql"),
+        ),
+        (
+            5,
+            "fewer event indexes",
+            include_str!("../../migrations/postgres/0005_fewer_event_indexes.sql"),
         ),
     ],
 };
@@ -295,11 +305,12 @@ macro_rules! insert_event {
     ($tx:expr, $event:expr, $p:expr, $refund:expr) => {{
         let refund: Option<&Refund> = $refund;
         let event_id = new_id(EVENT_ID_PREFIX);
-        sqlx::query(
+        let sequence: i64 = sqlx::query_scalar(
             "INSERT INTO payment_events (event_id, agency_id, environment, payment_id, refund_id, \
              event_type, occur_time, state, failure_reason, failure_message, \
              refund_submitted_minor, fee_minor, has_card, refund_state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             RETURNING sequence",
         )
         .bind(&event_id)
         .bind(&$p.tenant.agency_id)
@@ -315,16 +326,18 @@ macro_rules! insert_event {
         .bind($p.fee_minor)
         .bind(i64::from($p.card.is_some()))
         .bind(refund.map(|r| r.state.as_str()))
-        .execute(&mut *$tx)
+        .fetch_one(&mut *$tx)
         .await?;
         sqlx::query(
-            "INSERT INTO webhook_deliveries (event_id, webhook_endpoint_id, agency_id, environment, \
-             state, attempts, next_attempt_time, last_response, create_time, update_time) \
-             SELECT $1, w.webhook_endpoint_id, w.agency_id, w.environment, 'pending', 0, $2, '', \
-             $2, $2 FROM webhook_endpoints w WHERE w.agency_id = $3 AND w.environment = $4 \
-             AND (w.event_types = '' OR w.event_types LIKE '%,' || $5 || ',%')",
+            "INSERT INTO webhook_deliveries (event_id, event_sequence, webhook_endpoint_id, \
+             agency_id, environment, state, attempts, next_attempt_time, last_response, \
+             create_time, update_time) \
+             SELECT $1, $2, w.webhook_endpoint_id, w.agency_id, w.environment, 'pending', 0, $3, \
+             '', $3, $3 FROM webhook_endpoints w WHERE w.agency_id = $4 AND w.environment = $5 \
+             AND (w.event_types = '' OR w.event_types LIKE '%,' || $6 || ',%')",
         )
         .bind(&event_id)
+        .bind(sequence)
         .bind($p.update_time)
         .bind(&$p.tenant.agency_id)
         .bind($p.tenant.environment.as_str())

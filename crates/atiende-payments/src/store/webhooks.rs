@@ -191,6 +191,9 @@ pub async fn delete_webhook_endpoint(
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DueDelivery {
     pub event_id: String,
+    /// The event's sequence, by which it is read (`None` only for a
+    /// delivery recorded before the column existed whose event is gone).
+    pub event_sequence: Option<i64>,
     pub webhook_endpoint_id: String,
     pub attempts: i64,
     pub next_attempt_time: i64,
@@ -205,8 +208,8 @@ pub async fn due_deliveries(
 ) -> Result<Vec<DueDelivery>, PaymentsError> {
     let rows = on_db!(db, pool => {
         sqlx::query_as(
-            "SELECT event_id, webhook_endpoint_id, attempts, next_attempt_time, create_time \
-             FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_time <= $1 \
+            "SELECT event_id, event_sequence, webhook_endpoint_id, attempts, next_attempt_time, \
+             create_time FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_time <= $1 \
              ORDER BY next_attempt_time LIMIT $2",
         )
         .bind(now)
@@ -260,8 +263,8 @@ pub async fn delivery_target(
         return Ok(None);
     };
     let row: Option<EventRow> = on_db!(db, pool => {
-        sqlx::query_as(concat!(select_events!(), "WHERE e.event_id = $1"))
-            .bind(&due.event_id)
+        sqlx::query_as(concat!(select_events!(), "WHERE e.sequence = $1"))
+            .bind(due.event_sequence)
             .fetch_optional(pool)
             .await?
     });

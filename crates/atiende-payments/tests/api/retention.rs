@@ -266,13 +266,7 @@ pub async fn cursors_older_than_the_kept_events_are_out_of_range(
     // The old payment's events age past the retention (90 days); a newer
     // payment's are recorded meanwhile.
     let db = app.payments.database();
-    atiende_platform::on_db!(db, pool => {
-        sqlx::query("UPDATE payment_events SET occur_time = occur_time - $1 WHERE payment_id = $2")
-            .bind(100 * DAY)
-            .bind(&old.payment_id)
-            .execute(pool)
-            .await?;
-    });
+    date_events_back(db, &old.payment_id).await?;
     let new = app.paid(&token, 2_000, "CLP").await;
     let pruned = job.prune_expired_records(now_micros()).await?.1;
     assert_eq!(pruned, u64::try_from(old_events.len())?);
@@ -304,6 +298,32 @@ pub async fn cursors_older_than_the_kept_events_are_out_of_range(
     );
     // A cursor among the kept events still resumes.
     watch_from(&app, &token, &new_events[0].cursor).await?;
+
+    // Events are pruned in recording order, up to the first one kept: a
+    // later payment's events dated back (another instance's clock) wait
+    // for the new payment's, recorded before them, so that the mark never
+    // passes a kept event.
+    let later = app.paid(&token, 3_000, "CLP").await;
+    date_events_back(db, &later.payment_id).await?;
+    assert_eq!(job.prune_expired_records(now_micros()).await?.1, 0);
+    let later_events = crate::lifecycle::list_events(&app, &token, &later.payment_id).await;
+    assert_eq!(later_events.len(), old_events.len());
+    watch_from(&app, &token, &new_events[0].cursor).await?;
+    Ok(())
+}
+
+/// Dates a payment's events back 100 days, past the retention (90).
+async fn date_events_back(
+    db: &atiende_platform::storage::Database,
+    payment_id: &str,
+) -> anyhow::Result<()> {
+    atiende_platform::on_db!(db, pool => {
+        sqlx::query("UPDATE payment_events SET occur_time = occur_time - $1 WHERE payment_id = $2")
+            .bind(100 * DAY)
+            .bind(payment_id)
+            .execute(pool)
+            .await?;
+    });
     Ok(())
 }
 
