@@ -70,18 +70,33 @@ bench() {
   "$BIN/atiende-bench" --target http://127.0.0.1:50063 --test-key --duration "$DURATION" "$@"
 }
 
+# The WAL that PostgreSQL wrote per payment (created or taken through its
+# lifecycle, warm-up included) during a run: unlike latency, it does not
+# move with whatever else the machine is doing, so it shows what a change
+# to the schema or the statements saves.
+wal_and_payments() {
+  psql "$PG/$DB" -Atc "SELECT (SELECT wal_bytes FROM pg_stat_wal) || ' ' || (SELECT count(*) FROM payments)"
+}
+measured() {
+  local before after
+  before=$(wal_and_payments)
+  bench "$@"
+  after=$(wal_and_payments)
+  echo "$before $after" | awk '$4 > $2 { printf "  PostgreSQL WAL per payment: %.0f bytes\n", ($3 - $1) / ($4 - $2) }'
+}
+
 start_server
 echo "== atiende-payments on PostgreSQL (Unix socket)"
 bench --scenario health
 for scenario in $SCENARIOS; do
   if [ -n "$RATE" ]; then
-    bench --scenario "$scenario" --rate "$RATE"
+    measured --scenario "$scenario" --rate "$RATE"
     continue
   fi
   # Printed from a variable, not with `tee /dev/stderr`: tee reopens the
   # file that stderr is redirected to and truncates it.
-  report=$(bench --scenario "$scenario")
+  report=$(measured --scenario "$scenario")
   echo "$report"
   max=$(echo "$report" | awk '/ max /{print int($3)}')
-  bench --scenario "$scenario" --rate $((max / 2))
+  measured --scenario "$scenario" --rate $((max / 2))
 done
