@@ -63,6 +63,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     retention::concurrent_webhook_endpoint_creates_never_pass_the_limit,
     retention::a_group_applies_changes_in_order_and_claims_each_key_once,
     retention::state_changes_look_payments_up_by_key_on_a_small_table,
+    retention::upgrading_keeps_event_numbers_and_links_deliveries,
 ];
 
 /// Tests that need Chromium and chromedriver: left out, with the reason

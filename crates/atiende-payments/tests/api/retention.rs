@@ -648,3 +648,86 @@ pub async fn state_changes_look_payments_up_by_key_on_a_small_table(
     }
     Ok(())
 }
+
+/// Migration 0005 on a database in use: a delivery recorded before it
+/// still finds its event (now by sequence), and no new event takes the
+/// number of a pruned one (SQLite rebuilds the events' table).
+pub async fn upgrading_keeps_event_numbers_and_links_deliveries(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    use atiende_payments::store::MIGRATIONS;
+    use atiende_platform::storage::{Database, Migrations};
+
+    let dir = std::env::temp_dir().join(format!("atiende-pay-{:032x}", rand::random::<u128>()));
+    let url = engine.database_url(crate::support::PG_PREFIX, &dir).await?;
+    let db = Database::connect(&url, 2).await?;
+    let before = Migrations {
+        service: MIGRATIONS.service,
+        sqlite: &MIGRATIONS.sqlite[..4],
+        postgres: &MIGRATIONS.postgres[..4],
+    };
+    db.migrate(&before).await?;
+    atiende_platform::on_db!(&db, pool => {
+        sqlx::query(
+            "INSERT INTO payments (payment_id, agency_id, environment, amount_minor, currency, \
+             reference, description, return_url, metadata, language, delayed_capture, state, \
+             failure_message, refund_submitted_minor, page_secret, expire_time, create_time, \
+             update_time) VALUES ('pay_1', 'agency', 'sandbox', 1000, 'CLP', 'r', 'd', \
+             'https://example.test/', '{}', 'es', 0, 'created', '', 0, 's', 2, 1, 1)",
+        )
+        .execute(pool)
+        .await?;
+        for event in ["evt_1", "evt_2", "evt_3"] {
+            sqlx::query(
+                "INSERT INTO payment_events (event_id, agency_id, environment, payment_id, \
+                 event_type, occur_time, state, failure_message, refund_submitted_minor, \
+                 has_card) VALUES ($1, 'agency', 'sandbox', 'pay_1', 'payment_created', 1, \
+                 'created', '', 0, 0)",
+            )
+            .bind(event)
+            .execute(pool)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (event_id, webhook_endpoint_id, agency_id, \
+             environment, state, attempts, next_attempt_time, last_response, create_time, \
+             update_time) VALUES ('evt_2', 'whe_1', 'agency', 'sandbox', 'pending', 0, 1, '', 1, 1)",
+        )
+        .execute(pool)
+        .await?;
+        // The newest event is gone (pruned): its number must not come back.
+        sqlx::query("DELETE FROM payment_events WHERE event_id = 'evt_3'")
+            .execute(pool)
+            .await?;
+    });
+
+    db.migrate(&MIGRATIONS).await?;
+    let (linked, next): (Option<i64>, i64) = atiende_platform::on_db!(&db, pool => {
+        let linked = sqlx::query_scalar(
+            "SELECT d.event_sequence FROM webhook_deliveries d WHERE d.event_id = 'evt_2'",
+        )
+        .fetch_one(pool)
+        .await?;
+        let next = sqlx::query_scalar(
+            "INSERT INTO payment_events (event_id, agency_id, environment, payment_id, \
+             event_type, occur_time, state, failure_message, refund_submitted_minor, has_card) \
+             VALUES ('evt_4', 'agency', 'sandbox', 'pay_1', 'payment_started', 2, 'started', \
+             '', 0, 0) RETURNING sequence",
+        )
+        .fetch_one(pool)
+        .await?;
+        (linked, next)
+    });
+    let evt_2: i64 = atiende_platform::on_db!(&db, pool => {
+        sqlx::query_scalar("SELECT sequence FROM payment_events WHERE event_id = 'evt_2'")
+            .fetch_one(pool)
+            .await?
+    });
+    assert_eq!(linked, Some(evt_2));
+    assert!(
+        next > evt_2 + 1,
+        "event {next} reuses a pruned event's number"
+    );
+    db.close().await;
+    Ok(())
+}
