@@ -7,7 +7,8 @@
 #
 # Builds release binaries, starts atiende-payments on a scratch database,
 # trusting only the bench's test key, runs pgbench and atiende-bench: each
-# scenario at full speed, then paced at half of that. With RATE, each
+# scenario at full speed, then paced at half of that, each run followed by
+# the WAL PostgreSQL wrote per payment. With RATE, each
 # scenario runs only paced at that rate, without pgbench, on a fresh
 # database: to compare two builds (PAYMENTS_BIN, default the one just
 # built) at one rate, run alternately.
