@@ -437,6 +437,42 @@ struct Report {
     elapsed: Duration,
     latency_us: Histogram<u64>,
     first_error: Option<String>,
+    /// The share of the machine's CPU time that was busy while the run
+    /// was measured, every process counted (Linux only).
+    machine_busy: Option<f64>,
+}
+
+/// The machine's CPU time since boot, in clock ticks, from `/proc/stat`.
+struct MachineCpu {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineCpu {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields = stat.lines().next()?.strip_prefix("cpu ")?;
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already counted in user and nice).
+        let ticks: Vec<u64> = fields
+            .split_whitespace()
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let total: u64 = ticks.iter().sum();
+        let idle = ticks.get(3)? + ticks.get(4)?;
+        Some(Self {
+            busy: total - idle,
+            total,
+        })
+    }
+
+    fn busy_since(&self, before: &Self) -> Option<f64> {
+        let total = self.total.checked_sub(before.total).filter(|t| *t > 0)?;
+        let busy = self.busy.checked_sub(before.busy)?;
+        Some(busy as f64 / total as f64)
+    }
 }
 
 impl Report {
@@ -461,6 +497,12 @@ impl Report {
             self.latency_us.max() as f64 / 1000.0,
             self.errors,
         );
+        if let Some(busy) = self.machine_busy {
+            println!(
+                "  machine CPU busy: {:.0} % (every process, all cores)",
+                busy * 100.0
+            );
+        }
         if let Some(error) = &self.first_error {
             println!("  first error: {error}");
         }
@@ -533,10 +575,14 @@ async fn run(
     measuring.store(true, Ordering::Relaxed);
     STEPS_MEASURED.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let cpu_before = MachineCpu::read();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     measuring.store(false, Ordering::Relaxed);
     STEPS_MEASURED.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let machine_busy = cpu_before
+        .zip(MachineCpu::read())
+        .and_then(|(before, after)| after.busy_since(&before));
     stop.store(true, Ordering::Relaxed);
 
     let mut report = Report {
@@ -546,6 +592,7 @@ async fn run(
         elapsed,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
         first_error: None,
+        machine_busy,
     };
     for task in tasks {
         let (histogram, requests, errors, first_error) = task.await??;
