@@ -305,7 +305,9 @@ const LIFECYCLE_STEPS: [&str; 4] = [
     "ListPaymentEvents",
 ];
 
-static STEPS_MEASURED: AtomicBool = AtomicBool::new(false);
+/// Whether the run under way is being measured (after its warm-up):
+/// read by its workers and by the lifecycle's step timer.
+static MEASURING: AtomicBool = AtomicBool::new(false);
 
 static STEP_LATENCIES: std::sync::Mutex<Vec<Histogram<u64>>> = std::sync::Mutex::new(Vec::new());
 
@@ -319,7 +321,7 @@ impl LifecycleStep {
 
     fn done(&mut self, step: usize) {
         let now = Instant::now();
-        if STEPS_MEASURED.load(Ordering::Relaxed) {
+        if MEASURING.load(Ordering::Relaxed) {
             let micros = u64::try_from((now - self.0).as_micros()).unwrap_or(u64::MAX);
             let mut latencies = STEP_LATENCIES
                 .lock()
@@ -532,13 +534,12 @@ async fn run(
 ) -> anyhow::Result<Report> {
     let workers = channels.len() * args.in_flight.max(1);
     let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
     let interval = (rate > 0).then(|| Duration::from_secs_f64(workers as f64 / rate as f64));
     let mut tasks = Vec::with_capacity(workers);
     for worker in 0..workers {
         let channel = channels[worker % channels.len()].clone();
         let scenario = scenario.clone();
-        let (stop, measuring) = (stop.clone(), measuring.clone());
+        let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let (mut requests, mut errors, mut first_error) = (0u64, 0u64, None);
@@ -556,7 +557,7 @@ async fn run(
                 }
                 let started = Instant::now();
                 let result = scenario.call(&channel).await;
-                if measuring.load(Ordering::Relaxed) {
+                if MEASURING.load(Ordering::Relaxed) {
                     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     histogram.saturating_record(micros.max(1));
                     requests += 1;
@@ -572,13 +573,11 @@ async fn run(
         }));
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
-    measuring.store(true, Ordering::Relaxed);
-    STEPS_MEASURED.store(true, Ordering::Relaxed);
+    MEASURING.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let cpu_before = MachineCpu::read();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
-    measuring.store(false, Ordering::Relaxed);
-    STEPS_MEASURED.store(false, Ordering::Relaxed);
+    MEASURING.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
     let machine_busy = cpu_before
         .zip(MachineCpu::read())
